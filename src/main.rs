@@ -1,0 +1,2 @@
+//! The diskplane binary (being written).
+fn main() {}
