@@ -1,2 +1,86 @@
-//! The diskplane binary (being written).
-fn main() {}
+//! The `diskplane` binary: clap subcommands wired to the library crates. Errors leave as one
+//! line on stderr and an exit code chosen from the error's kind (see [`exit`]).
+
+mod cmd;
+mod exit;
+mod size;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// diskplane: a data plane for virtual-machine disks.
+#[derive(Debug, Parser)]
+#[command(name = "diskplane", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show an image's format, virtual size, allocation, features and snapshots.
+    Info(InfoArgs),
+    /// Convert any supported image to a raw, sparse file or block device
+    /// (like `qemu-img convert -O raw`).
+    Convert(ConvertArgs),
+}
+
+/// How `info` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct InfoArgs {
+    /// The image (format detected from its bytes, never from its name).
+    image: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "human")]
+    output: OutputFormat,
+    /// Directory for the scratch file needed to inspect a compressed qcow2.
+    #[arg(long, env = "TMPDIR", default_value = "/tmp")]
+    scratch_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConvertArgs {
+    /// The input image: raw, ISO or qcow2, optionally gzip/xz/zstd-compressed.
+    image: PathBuf,
+    /// The output: a file (created or replaced) or a block device.
+    out: PathBuf,
+    /// Refuse images whose virtual size exceeds this (bytes, or with a K/M/G/T suffix).
+    #[arg(long, value_parser = size::parse_size, default_value = "64T")]
+    max_virtual_size: u64,
+    /// Zero runs of at least this size become holes; 0 disables zero detection (then plain
+    /// data is copied in-kernel where possible), like `qemu-img convert -S`.
+    #[arg(short = 'S', long = "sparse-size", value_parser = size::parse_size, default_value = "4k")]
+    sparse_size: u64,
+    /// Preallocate the whole output file after writing.
+    #[arg(long, value_enum, default_value = "off")]
+    preallocation: cmd::convert::PreallocationArg,
+    /// Directory for the scratch file a compressed qcow2 is unpacked to (default: next to OUT).
+    #[arg(long)]
+    scratch_dir: Option<PathBuf>,
+    /// Worker threads for reading and decompressing (default: the number of CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(args) => cmd::info::run(&args),
+        Command::Convert(args) => cmd::convert::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("diskplane: {}", exit::one_line(&err));
+            exit::code(&err)
+        }
+    }
+}

@@ -1,1 +1,559 @@
-//! Conversion (being written).
+//! Conversion to raw: an [`Image`] (random access) or a raw byte stream into a [`WriteAt`]
+//! target, writing only data and leaving zero runs as holes.
+//!
+//! ## Design
+//! The guest address space is walked in windows of [`CONVERT_WINDOW_BYTES`]. For each window the
+//! producer asks the image for its segments, reads the data segments into a buffer (splitting
+//! the work across `threads` workers so compressed clusters inflate in parallel), and hands the
+//! buffer to a writer thread. The writer cuts every data segment into `sparse_size` blocks,
+//! writes the non-zero runs with large positional writes and turns zero runs into holes (or
+//! write-zeroes on targets that do not read back zeros). Reading window *n + 1* overlaps
+//! writing window *n*; at most three buffers exist, so memory is bounded whatever the image
+//! size.
+//!
+//! With `sparse_size == 0` (no zero detection, like `qemu-img convert -S 0`), runs of plain data
+//! clusters are copied inside the kernel (`copy_file_range`) when source and target allow it.
+
+use std::io::{self, Cursor, Read};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use crate::image::{Image, Segment, SegmentKind};
+use crate::io::WriteAt;
+use crate::limits::{CONVERT_WINDOW_BYTES, DEFAULT_SPARSE_SIZE, PROBE_BYTES};
+use crate::probe::{Format, probe};
+use crate::{Error, OpenOptions, Result, compress};
+
+/// Largest piece of a window one worker reads at a time: small enough that two workers share
+/// a window of compressed clusters evenly, large enough for efficient reads.
+const READ_PIECE_BYTES: u64 = 1 << 20;
+
+/// Most compression wrappers nested inside each other that we unwrap (`.xz` of a `.gz` ...).
+const MAX_WRAPPER_DEPTH: usize = 3;
+
+/// Progress callback: called with the number of guest bytes just completed.
+pub type ProgressFn = dyn Fn(u64) + Send + Sync;
+
+/// How to convert.
+#[derive(Clone)]
+pub struct ConvertOptions {
+    /// Runs of zeros of at least this many bytes (aligned to it in guest space) become holes;
+    /// 0 disables zero detection and lets plain data be copied in-kernel.
+    pub sparse_size: usize,
+    /// Worker threads reading and decompressing (at least 1).
+    pub threads: usize,
+    /// Called as guest bytes complete.
+    pub progress: Option<Arc<ProgressFn>>,
+}
+
+impl std::fmt::Debug for ConvertOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConvertOptions")
+            .field("sparse_size", &self.sparse_size)
+            .field("threads", &self.threads)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        let threads = thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        Self { sparse_size: DEFAULT_SPARSE_SIZE, threads, progress: None }
+    }
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConvertStats {
+    /// Guest bytes covered (the raw size of the output).
+    pub virtual_size: u64,
+    /// Bytes written as data (including in-kernel copies).
+    pub data_bytes: u64,
+}
+
+/// Converts `image` to raw in `target`.
+///
+/// # Errors
+/// [`crate::ErrorKind::TooLarge`] before anything is written when the virtual size exceeds the
+/// target's capacity; any reader error (hostile or truncated image) or write error otherwise.
+/// On error the target holds partial data and must not be marked ready.
+pub fn convert_image(image: &dyn Image, target: &dyn WriteAt, opts: &ConvertOptions) -> Result<ConvertStats> {
+    let size = image.virtual_size();
+    let capacity = target.capacity();
+    if size > capacity {
+        return Err(Error::too_large(format!(
+            "image virtual size {size} bytes is larger than the target's capacity of {capacity} bytes"
+        )));
+    }
+    let in_kernel = if opts.sparse_size == 0 { image.data_source().as_file() } else { None };
+    let window = CONVERT_WINDOW_BYTES as u64;
+    let data_bytes = AtomicU64::new(0);
+
+    pipeline(target, opts, &data_bytes, |tx, buffers| {
+        let mut offset = 0;
+        while offset < size {
+            let end = offset.saturating_add(window).min(size);
+            let mut segments = map_window(image, offset, end)?;
+            if let Some(src) = in_kernel {
+                copy_in_kernel(src, target, &mut segments, &data_bytes)?;
+            }
+            let mut buf = buffers.take();
+            let len = usize::try_from(end - offset).map_err(|_| Error::too_large("window too large"))?;
+            fill_window(image, &segments, &mut buf[..len], offset, opts.threads)?;
+            if tx.send(Batch { offset, len, buf, segments }).is_err() {
+                break; // the writer failed; its error is returned by `pipeline`
+            }
+            offset = end;
+        }
+        Ok(())
+    })?;
+    Ok(ConvertStats { virtual_size: size, data_bytes: data_bytes.into_inner() })
+}
+
+/// Streams raw bytes from `reader` into `target` from offset 0, turning zero runs into holes.
+/// Returns the number of bytes the stream held (the raw disk's size).
+///
+/// # Errors
+/// [`crate::ErrorKind::TooLarge`] as soon as the stream passes the target's capacity;
+/// [`crate::ErrorKind::InvalidImage`] for corrupt or truncated compressed input.
+pub fn convert_stream(reader: &mut dyn Read, target: &dyn WriteAt, opts: &ConvertOptions) -> Result<ConvertStats> {
+    let capacity = target.capacity();
+    let data_bytes = AtomicU64::new(0);
+    let mut total = 0u64;
+    pipeline(target, opts, &data_bytes, |tx, buffers| {
+        loop {
+            let mut buf = buffers.take();
+            let len = read_full(reader, &mut buf).map_err(stream_error)?;
+            if len == 0 {
+                return Ok(());
+            }
+            let end = total + len as u64;
+            if end > capacity {
+                return Err(Error::too_large(format!(
+                    "image is larger than the target's capacity of {capacity} bytes"
+                )));
+            }
+            let segments = vec![Segment { offset: total, len: len as u64, kind: SegmentKind::Encoded }];
+            if tx.send(Batch { offset: total, len, buf, segments }).is_err() {
+                return Ok(());
+            }
+            total = end;
+        }
+    })?;
+    Ok(ConvertStats { virtual_size: total, data_bytes: data_bytes.into_inner() })
+}
+
+/// A byte stream with its compression wrappers removed and its format recognised.
+pub struct Sniffed<'a> {
+    /// Wrappers removed, outermost first.
+    pub wrappers: Vec<Format>,
+    /// The format of the unwrapped content.
+    pub format: Format,
+    /// The first bytes of the unwrapped content (up to [`PROBE_BYTES`]).
+    pub head: Vec<u8>,
+    /// The whole unwrapped content, starting at byte 0 (the head is replayed).
+    pub reader: Box<dyn Read + Send + 'a>,
+}
+
+impl std::fmt::Debug for Sniffed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sniffed").field("wrappers", &self.wrappers).field("format", &self.format).finish()
+    }
+}
+
+/// Recognises what `reader` holds, removing compression wrappers by magic.
+pub fn sniff<'a>(reader: Box<dyn Read + Send + 'a>) -> Result<Sniffed<'a>> {
+    let mut reader = reader;
+    let mut wrappers = Vec::new();
+    loop {
+        let mut head = vec![0u8; PROBE_BYTES];
+        let n = read_full(&mut reader, &mut head).map_err(stream_error)?;
+        head.truncate(n);
+        let format = probe(&head);
+        let replay: Box<dyn Read + Send + 'a> = Box::new(Cursor::new(head.clone()).chain(reader));
+        if !format.is_compression() {
+            return Ok(Sniffed { wrappers, format, head, reader: replay });
+        }
+        if wrappers.len() == MAX_WRAPPER_DEPTH {
+            return Err(Error::unsupported(format!(
+                "more than {MAX_WRAPPER_DEPTH} nested compression wrappers"
+            )));
+        }
+        wrappers.push(format);
+        reader = compress::decoder(format, replay)?;
+    }
+}
+
+/// Where a non-raw stream is unpacked before random-access conversion.
+#[derive(Debug, Clone)]
+pub struct ScratchOptions<'p> {
+    /// Directory for the scratch file (deleted when done).
+    pub dir: &'p Path,
+}
+
+/// Converts a sniffed stream into `target`: raw content streams straight in; other formats are
+/// unpacked to a scratch file (bounded by the image's own header) and converted from there.
+/// The returned [`ConvertStats::virtual_size`] is the raw size, for sizing a file target.
+pub fn convert_sniffed(
+    sniffed: Sniffed<'_>,
+    target: &dyn WriteAt,
+    scratch: &ScratchOptions<'_>,
+    open: &OpenOptions,
+    opts: &ConvertOptions,
+) -> Result<ConvertStats> {
+    let Sniffed { format, head, mut reader, .. } = sniffed;
+    if format.is_raw() {
+        return convert_stream(&mut reader, target, opts);
+    }
+    let file = unpack_to_scratch(format, &head, &mut reader, scratch, open)?;
+    let image = crate::open_as(Arc::new(file), format, open)?;
+    convert_image(&*image, target, opts)
+}
+
+/// Writes the unwrapped content of a non-raw stream (`format`, first bytes `head`) to an
+/// anonymous sparse scratch file in `scratch.dir`, bounded by what the image's header allows,
+/// and returns the file (deleted when dropped).
+pub fn unpack_to_scratch(
+    format: Format,
+    head: &[u8],
+    reader: &mut dyn Read,
+    scratch: &ScratchOptions<'_>,
+    open: &OpenOptions,
+) -> Result<std::fs::File> {
+    let bound = scratch_bound(format, head, open)?;
+    let file = tempfile::tempfile_in(scratch.dir)
+        .map_err(|e| Error::io(format!("creating a scratch file in {}", scratch.dir.display()), e))?;
+    copy_bounded(reader, &file, bound)?;
+    Ok(file)
+}
+
+/// Largest scratch file a non-raw image may need, from its header: the virtual size twice over
+/// (room for metadata and internal snapshots) plus 64 MiB, never above twice the size limit.
+fn scratch_bound(format: Format, head: &[u8], open: &OpenOptions) -> Result<u64> {
+    let cap = open.max_virtual_size.saturating_mul(2);
+    let virtual_size = match format {
+        Format::Qcow2 => head.get(24..32).map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default())),
+        _ => None,
+    };
+    let Some(size) = virtual_size else { return Ok(cap) };
+    if size > open.max_virtual_size {
+        return Err(Error::too_large(format!(
+            "virtual size {size} bytes exceeds the limit of {} bytes",
+            open.max_virtual_size
+        )));
+    }
+    Ok(size.saturating_mul(2).saturating_add(64 << 20).min(cap))
+}
+
+fn copy_bounded(reader: &mut dyn Read, file: &std::fs::File, bound: u64) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; CONVERT_WINDOW_BYTES];
+    let mut offset = 0u64;
+    loop {
+        let n = read_full(reader, &mut buf).map_err(stream_error)?;
+        if n == 0 {
+            return Ok(offset);
+        }
+        if offset + n as u64 > bound {
+            return Err(Error::too_large(format!(
+                "unpacked image is larger than its header allows ({bound} bytes)"
+            )));
+        }
+        // Scratch stays sparse too: skip all-zero blocks.
+        for (i, block) in buf[..n].chunks(DEFAULT_SPARSE_SIZE).enumerate() {
+            if !is_zero(block) {
+                let at = offset + (i * DEFAULT_SPARSE_SIZE) as u64;
+                file.write_all_at(block, at).map_err(|e| Error::io("writing the scratch file", e))?;
+            }
+        }
+        offset += n as u64;
+        file.set_len(offset).map_err(|e| Error::io("extending the scratch file", e))?;
+    }
+}
+
+/// One window on its way to the writer.
+struct Batch {
+    offset: u64,
+    len: usize,
+    buf: Vec<u8>,
+    segments: Vec<Segment>,
+}
+
+/// A segment that was already copied in-kernel: the writer skips it.
+const COPIED: SegmentKind = SegmentKind::Data { host: u64::MAX };
+
+/// Recycles window buffers between producer and writer (at most three are ever allocated).
+struct Buffers {
+    returned: Receiver<Vec<u8>>,
+}
+
+impl Buffers {
+    fn take(&self) -> Vec<u8> {
+        self.returned.try_recv().unwrap_or_else(|_| vec![0u8; CONVERT_WINDOW_BYTES])
+    }
+}
+
+/// Runs `produce` on this thread and the writer on another; returns the first error.
+fn pipeline<F>(target: &dyn WriteAt, opts: &ConvertOptions, data_bytes: &AtomicU64, produce: F) -> Result<()>
+where
+    F: FnOnce(&SyncSender<Batch>, &Buffers) -> Result<()>,
+{
+    let sparse_size = opts.sparse_size;
+    thread::scope(|scope| {
+        let (tx, rx) = sync_channel::<Batch>(1);
+        let (back_tx, back_rx) = channel::<Vec<u8>>();
+        let writer = scope.spawn(move || write_batches(&rx, &back_tx, target, sparse_size, opts, data_bytes));
+        let produced = produce(&tx, &Buffers { returned: back_rx });
+        drop(tx);
+        let written = writer.join().unwrap_or_else(|_| Err(Error::io("writer thread", io::Error::other("panicked"))));
+        produced.and(written)
+    })
+}
+
+fn map_window(image: &dyn Image, start: u64, end: u64) -> Result<Vec<Segment>> {
+    let mut segments = Vec::new();
+    let mut offset = start;
+    while offset < end {
+        let seg = image.map(offset, end - offset)?;
+        if seg.offset != offset || seg.len == 0 || seg.len > end - offset {
+            return Err(Error::invalid(format!(
+                "image map returned an invalid segment {seg:?} for guest offset {offset}"
+            )));
+        }
+        offset += seg.len;
+        // Merge with the previous segment when it continues it (keeps writes large).
+        if let Some(last) = segments.last_mut()
+            && let Some(merged) = merge(*last, seg)
+        {
+            *last = merged;
+            continue;
+        }
+        segments.push(seg);
+    }
+    Ok(segments)
+}
+
+fn merge(a: Segment, b: Segment) -> Option<Segment> {
+    let kind = match (a.kind, b.kind) {
+        (SegmentKind::Data { host: ha }, SegmentKind::Data { host: hb }) if ha.checked_add(a.len) == Some(hb) => a.kind,
+        (SegmentKind::Encoded, SegmentKind::Encoded) => a.kind,
+        (SegmentKind::Zero | SegmentKind::Unallocated, SegmentKind::Zero | SegmentKind::Unallocated) => {
+            SegmentKind::Unallocated
+        }
+        _ => return None,
+    };
+    Some(Segment { offset: a.offset, len: a.len + b.len, kind })
+}
+
+fn copy_in_kernel(
+    src: &std::fs::File,
+    target: &dyn WriteAt,
+    segments: &mut [Segment],
+    data_bytes: &AtomicU64,
+) -> Result<()> {
+    for seg in segments.iter_mut() {
+        if let SegmentKind::Data { host } = seg.kind {
+            let copied = target
+                .copy_from_file(src, host, seg.offset, seg.len)
+                .map_err(|e| Error::io(format!("copying {} bytes at guest offset {}", seg.len, seg.offset), e))?;
+            if copied {
+                data_bytes.fetch_add(seg.len, Ordering::Relaxed);
+                seg.kind = COPIED;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads every data segment of the window into `buf` (`buf[0]` = guest `window_start`).
+fn fill_window(image: &dyn Image, segments: &[Segment], buf: &mut [u8], window_start: u64, threads: usize) -> Result<()> {
+    let mut jobs: Vec<(Segment, &mut [u8])> = Vec::new();
+    let mut rest = buf;
+    let mut at = window_start;
+    for seg in segments {
+        let (mut this, tail) = std::mem::take(&mut rest).split_at_mut(seg.len as usize);
+        rest = tail;
+        at += seg.len;
+        if !seg.kind.has_data() || seg.kind == COPIED {
+            continue;
+        }
+        let mut piece_start = seg.offset;
+        while !this.is_empty() {
+            let n = (this.len() as u64).min(READ_PIECE_BYTES) as usize;
+            let (piece, tail) = std::mem::take(&mut this).split_at_mut(n);
+            this = tail;
+            let kind = match seg.kind {
+                SegmentKind::Data { host } => SegmentKind::Data { host: host + (piece_start - seg.offset) },
+                other => other,
+            };
+            jobs.push((Segment { offset: piece_start, len: n as u64, kind }, piece));
+            piece_start += n as u64;
+        }
+    }
+    debug_assert_eq!(at, window_start + segments.iter().map(|s| s.len).sum::<u64>());
+    let workers = threads.clamp(1, jobs.len().max(1));
+    if workers == 1 {
+        return jobs.into_iter().try_for_each(|(seg, piece)| read_piece(image, seg, piece));
+    }
+    let queue = Mutex::new(jobs.into_iter());
+    thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    loop {
+                        let job = queue.lock().map_err(|_| Error::io("read queue", io::Error::other("poisoned")))?.next();
+                        let Some((seg, piece)) = job else { return Ok(()) };
+                        read_piece(image, seg, piece)?;
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(Error::io("reader thread", io::Error::other("panicked")))))
+            .collect::<Result<Vec<()>>>()
+            .map(drop)
+    })
+}
+
+fn read_piece(image: &dyn Image, seg: Segment, piece: &mut [u8]) -> Result<()> {
+    match seg.kind {
+        SegmentKind::Data { host } => image.data_source().read_exact_at(piece, host).map_err(|e| {
+            Error::io(format!("reading {} bytes of data for guest offset {} at host offset {host}", piece.len(), seg.offset), e)
+        }),
+        _ => image.read_at(piece, seg.offset),
+    }
+}
+
+fn write_batches(
+    rx: &Receiver<Batch>,
+    back: &Sender<Vec<u8>>,
+    target: &dyn WriteAt,
+    sparse_size: usize,
+    opts: &ConvertOptions,
+    data_bytes: &AtomicU64,
+) -> Result<()> {
+    let zeroed = target.unwritten_reads_zero();
+    for batch in rx {
+        let mut runs = Runs { target, buf: &batch.buf, base: batch.offset, zeroed, current: None };
+        for seg in &batch.segments {
+            if seg.kind == COPIED {
+                runs.flush()?;
+                continue;
+            }
+            if !seg.kind.has_data() {
+                runs.push(false, seg.offset, seg.len)?;
+                continue;
+            }
+            if sparse_size == 0 {
+                data_bytes.fetch_add(seg.len, Ordering::Relaxed);
+                runs.push(true, seg.offset, seg.len)?;
+                continue;
+            }
+            // Blocks aligned to `sparse_size` in guest space; the first and last may be partial.
+            let block = sparse_size as u64;
+            let end = seg.offset + seg.len;
+            let mut guest = seg.offset;
+            while guest < end {
+                let block_end = ((guest / block + 1) * block).min(end);
+                let data = !is_zero(runs.slice(guest, block_end - guest));
+                if data {
+                    data_bytes.fetch_add(block_end - guest, Ordering::Relaxed);
+                }
+                runs.push(data, guest, block_end - guest)?;
+                guest = block_end;
+            }
+        }
+        runs.flush()?;
+        if let Some(progress) = &opts.progress {
+            progress(batch.len as u64);
+        }
+        let _ = back.send(batch.buf);
+    }
+    Ok(())
+}
+
+/// Coalesces consecutive data blocks into one write and zero blocks into one hole.
+struct Runs<'a> {
+    target: &'a dyn WriteAt,
+    buf: &'a [u8],
+    /// Guest offset of `buf[0]`.
+    base: u64,
+    /// The target already reads zeros where nothing was written.
+    zeroed: bool,
+    /// The run being built: (is data, guest offset, length).
+    current: Option<(bool, u64, u64)>,
+}
+
+impl Runs<'_> {
+    fn slice(&self, guest: u64, len: u64) -> &[u8] {
+        let start = (guest - self.base) as usize;
+        &self.buf[start..start + len as usize]
+    }
+
+    fn push(&mut self, data: bool, guest: u64, len: u64) -> Result<()> {
+        match &mut self.current {
+            Some((d, g, l)) if *d == data && *g + *l == guest => {
+                *l += len;
+                Ok(())
+            }
+            _ => {
+                self.flush()?;
+                self.current = Some((data, guest, len));
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match self.current.take() {
+            Some((true, guest, len)) => self
+                .target
+                .write_all_at(self.slice(guest, len), guest)
+                .map_err(|e| Error::io(format!("writing {len} bytes at offset {guest} of the target"), e)),
+            Some((false, guest, len)) if !self.zeroed => self
+                .target
+                .write_zeroes(guest, len)
+                .map_err(|e| Error::io(format!("zeroing {len} bytes at offset {guest} of the target"), e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Reads until `buf` is full or the reader ends; returns the bytes read.
+fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Maps an error from a (decompressing) stream: corrupt data is an invalid image.
+fn stream_error(e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::InvalidData => Error::invalid(e.to_string()),
+        io::ErrorKind::UnexpectedEof => Error::invalid(format!("image is truncated: {e}")),
+        _ => Error::io("reading the image stream", e),
+    }
+}
+
+/// Whether every byte of `buf` is zero (vectorisable: no early exit inside a 256-byte block).
+pub fn is_zero(buf: &[u8]) -> bool {
+    let mut chunks = buf.chunks_exact(256);
+    for chunk in &mut chunks {
+        if chunk.iter().fold(0u8, |acc, &b| acc | b) != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| b == 0)
+}

@@ -5,7 +5,6 @@ use serde::Serialize;
 
 use crate::Result;
 use crate::io::ReadAt;
-use crate::probe::Format;
 
 /// How a guest byte range is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
