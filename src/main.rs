@@ -25,6 +25,9 @@ enum Command {
     /// Convert any supported image to a raw, sparse file or block device
     /// (like `qemu-img convert -O raw`).
     Convert(ConvertArgs),
+    /// Import an HTTP(S) image onto a file or block device: raw and gz/xz/zst-compressed
+    /// images stream straight in, qcow2 is read in place by Range requests.
+    Import(cmd::import::ImportArgs),
 }
 
 /// How `info` prints.
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(args) => cmd::info::run(&args),
         Command::Convert(args) => cmd::convert::run(&args),
+        Command::Import(args) => cmd::import::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,7 +27,7 @@ use crate::limits::{CONVERT_WINDOW_BYTES, DEFAULT_SPARSE_SIZE, PROBE_BYTES};
 use crate::probe::{Format, probe};
 use crate::{Error, OpenOptions, Result, compress};
 
-/// Largest piece of a window one worker reads at a time: small enough that two workers share
+/// Largest piece of a window one worker reads at a time (pieces are aligned to it): small enough that two workers share
 /// a window of compressed clusters evenly, large enough for efficient reads.
 const READ_PIECE_BYTES: u64 = 1 << 20;
 
@@ -91,6 +91,8 @@ pub fn convert_image(image: &dyn Image, target: &dyn WriteAt, opts: &ConvertOpti
     }
     let in_kernel = if opts.sparse_size == 0 { image.data_source().as_file() } else { None };
     let window = CONVERT_WINDOW_BYTES as u64;
+    // Pieces are aligned to whole clusters so that no compressed cluster is inflated twice.
+    let piece = READ_PIECE_BYTES.max(image.info().cluster_size.unwrap_or(0));
     let data_bytes = AtomicU64::new(0);
 
     pipeline(target, opts, &data_bytes, |tx, buffers| {
@@ -103,7 +105,7 @@ pub fn convert_image(image: &dyn Image, target: &dyn WriteAt, opts: &ConvertOpti
             }
             let mut buf = buffers.take();
             let len = usize::try_from(end - offset).map_err(|_| Error::too_large("window too large"))?;
-            fill_window(image, &segments, &mut buf[..len], offset, opts.threads)?;
+            fill_window(image, &segments, &mut buf[..len], offset, piece, opts.threads)?;
             if tx.send(Batch { offset, len, buf, segments }).is_err() {
                 break; // the writer failed; its error is returned by `pipeline`
             }
@@ -370,7 +372,14 @@ fn copy_in_kernel(
 }
 
 /// Reads every data segment of the window into `buf` (`buf[0]` = guest `window_start`).
-fn fill_window(image: &dyn Image, segments: &[Segment], buf: &mut [u8], window_start: u64, threads: usize) -> Result<()> {
+fn fill_window(
+    image: &dyn Image,
+    segments: &[Segment],
+    buf: &mut [u8],
+    window_start: u64,
+    piece_size: u64,
+    threads: usize,
+) -> Result<()> {
     let mut jobs: Vec<(Segment, &mut [u8])> = Vec::new();
     let mut rest = buf;
     let mut at = window_start;
@@ -383,7 +392,8 @@ fn fill_window(image: &dyn Image, segments: &[Segment], buf: &mut [u8], window_s
         }
         let mut piece_start = seg.offset;
         while !this.is_empty() {
-            let n = (this.len() as u64).min(READ_PIECE_BYTES) as usize;
+            let to_boundary = piece_size - piece_start % piece_size;
+            let n = (this.len() as u64).min(to_boundary) as usize;
             let (piece, tail) = std::mem::take(&mut this).split_at_mut(n);
             this = tail;
             let kind = match seg.kind {
@@ -556,4 +566,223 @@ pub fn is_zero(buf: &[u8]) -> bool {
         }
     }
     chunks.remainder().iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::ErrorKind;
+    use crate::image::ImageInfo;
+    use crate::io::ReadAt;
+
+    /// An in-memory target that records what was written and zeroed.
+    struct MemTarget {
+        data: Mutex<Vec<u8>>,
+        zeroed: bool,
+        writes: Mutex<Vec<(u64, u64)>>,
+        zeroes: Mutex<Vec<(u64, u64)>>,
+    }
+
+    impl MemTarget {
+        fn new(capacity: usize, zeroed: bool) -> Self {
+            // A target that does not read back zeros starts out full of garbage.
+            let fill = if zeroed { 0 } else { 0xee };
+            Self {
+                data: Mutex::new(vec![fill; capacity]),
+                zeroed,
+                writes: Mutex::default(),
+                zeroes: Mutex::default(),
+            }
+        }
+
+        fn bytes(&self) -> Vec<u8> {
+            self.data.lock().unwrap().clone()
+        }
+    }
+
+    impl WriteAt for MemTarget {
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            let start = offset as usize;
+            self.data.lock().unwrap()[start..start + buf.len()].copy_from_slice(buf);
+            self.writes.lock().unwrap().push((offset, buf.len() as u64));
+            Ok(())
+        }
+
+        fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+            let start = offset as usize;
+            self.data.lock().unwrap()[start..start + len as usize].fill(0);
+            self.zeroes.lock().unwrap().push((offset, len));
+            Ok(())
+        }
+
+        fn unwritten_reads_zero(&self) -> bool {
+            self.zeroed
+        }
+
+        fn capacity(&self) -> u64 {
+            self.data.lock().unwrap().len() as u64
+        }
+    }
+
+    /// An image described by a list of segments over an in-memory guest content.
+    struct FakeImage {
+        content: Vec<u8>,
+        segments: Vec<Segment>,
+    }
+
+    impl Image for FakeImage {
+        fn info(&self) -> ImageInfo {
+            ImageInfo {
+                format: "fake".into(),
+                virtual_size: self.content.len() as u64,
+                file_size: 0,
+                version: None,
+                cluster_size: None,
+                compression_type: None,
+                features: Vec::new(),
+                snapshots: Vec::new(),
+                compression_wrappers: Vec::new(),
+            }
+        }
+
+        fn virtual_size(&self) -> u64 {
+            self.content.len() as u64
+        }
+
+        fn map(&self, offset: u64, max_len: u64) -> Result<Segment> {
+            let seg = self.segments.iter().find(|s| s.offset <= offset && offset < s.offset + s.len).unwrap();
+            let skip = offset - seg.offset;
+            let kind = match seg.kind {
+                SegmentKind::Data { host } => SegmentKind::Data { host: host + skip },
+                other => other,
+            };
+            Ok(Segment { offset, len: (seg.len - skip).min(max_len), kind })
+        }
+
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+            let start = offset as usize;
+            buf.copy_from_slice(&self.content[start..start + buf.len()]);
+            Ok(())
+        }
+
+        fn data_source(&self) -> &dyn ReadAt {
+            &self.content
+        }
+    }
+
+    fn patterned(len: usize, data_ranges: &[(usize, usize)]) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        for &(start, end) in data_ranges {
+            for (i, b) in v[start..end].iter_mut().enumerate() {
+                *b = (i % 251) as u8 + 1;
+            }
+        }
+        v
+    }
+
+    fn opts(threads: usize) -> ConvertOptions {
+        ConvertOptions { sparse_size: 4096, threads, progress: None }
+    }
+
+    #[test]
+    fn stream_writes_only_non_zero_blocks_to_a_sparse_target() {
+        let content = patterned(64 * 4096, &[(4096, 8192), (40960, 40961)]);
+        let target = MemTarget::new(content.len(), true);
+
+        let stats = convert_stream(&mut content.as_slice(), &target, &opts(2)).unwrap();
+
+        assert_eq!(stats.virtual_size, content.len() as u64);
+        assert_eq!(target.bytes(), content);
+        assert_eq!(*target.writes.lock().unwrap(), vec![(4096, 4096), (40960, 4096)]);
+        assert!(target.zeroes.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn stream_larger_than_the_target_is_rejected() {
+        let content = patterned(3 * 4096, &[(0, 3 * 4096)]);
+        let target = MemTarget::new(2 * 4096, true);
+
+        let err = convert_stream(&mut content.as_slice(), &target, &opts(1)).unwrap_err();
+
+        assert_eq!(err.kind(), ErrorKind::TooLarge);
+        assert!(err.to_string().contains("capacity"), "{err}");
+    }
+
+    #[test]
+    fn image_segments_of_every_kind_convert_to_the_guest_content() {
+        let len = 3 * CONVERT_WINDOW_BYTES + 12345;
+        let content = patterned(len, &[(0, 100_000), (5_000_000, 9_000_000), (len - 5000, len)]);
+        let segments = vec![
+            Segment { offset: 0, len: 100_000, kind: SegmentKind::Data { host: 0 } },
+            Segment { offset: 100_000, len: 4_900_000, kind: SegmentKind::Unallocated },
+            Segment { offset: 5_000_000, len: 4_000_000, kind: SegmentKind::Encoded },
+            Segment { offset: 9_000_000, len: (len - 9_005_000) as u64, kind: SegmentKind::Zero },
+            Segment { offset: (len - 5000) as u64, len: 5000, kind: SegmentKind::Data { host: (len - 5000) as u64 } },
+        ];
+        let image = FakeImage { content: content.clone(), segments };
+
+        for threads in [1, 2, 4] {
+            let target = MemTarget::new(len, true);
+            let stats = convert_image(&image, &target, &opts(threads)).unwrap();
+            assert_eq!(stats.virtual_size, len as u64);
+            assert!(target.bytes() == content, "content differs with {threads} threads");
+        }
+    }
+
+    #[test]
+    fn zero_runs_are_explicitly_zeroed_on_targets_that_do_not_read_back_zeros() {
+        let len = 16 * 4096;
+        let content = patterned(len, &[(0, 4096)]);
+        let segments = vec![
+            Segment { offset: 0, len: 8192, kind: SegmentKind::Data { host: 0 } },
+            Segment { offset: 8192, len: (len - 8192) as u64, kind: SegmentKind::Unallocated },
+        ];
+        let image = FakeImage { content: content.clone(), segments };
+        let target = MemTarget::new(len + 4096, false);
+
+        convert_image(&image, &target, &opts(2)).unwrap();
+
+        assert_eq!(&target.bytes()[..len], &content[..]);
+        assert_eq!(*target.zeroes.lock().unwrap(), vec![(4096, (len - 4096) as u64)]);
+        // Bytes past the virtual size are not the converter's business.
+        assert_eq!(target.bytes()[len], 0xee);
+    }
+
+    #[test]
+    fn image_larger_than_the_target_is_rejected_before_any_write() {
+        let content = patterned(8192, &[(0, 8192)]);
+        let segments = vec![Segment { offset: 0, len: 8192, kind: SegmentKind::Data { host: 0 } }];
+        let image = FakeImage { content, segments };
+        let target = MemTarget::new(4096, true);
+
+        let err = convert_image(&image, &target, &opts(1)).unwrap_err();
+
+        assert_eq!(err.kind(), ErrorKind::TooLarge);
+        assert!(target.writes.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn without_zero_detection_every_data_byte_is_written() {
+        let content = vec![0u8; 3 * 4096];
+        let target = MemTarget::new(content.len(), true);
+        let no_detect = ConvertOptions { sparse_size: 0, ..opts(1) };
+
+        let stats = convert_stream(&mut content.as_slice(), &target, &no_detect).unwrap();
+
+        assert_eq!(stats.data_bytes, 3 * 4096);
+        assert_eq!(*target.writes.lock().unwrap(), vec![(0, 3 * 4096)]);
+    }
+
+    #[test]
+    fn is_zero_finds_a_single_set_byte_anywhere() {
+        let mut buf = vec![0u8; 4096 + 17];
+        assert!(is_zero(&buf));
+        for i in [0, 255, 256, 4095, 4096 + 16] {
+            buf[i] = 1;
+            assert!(!is_zero(&buf), "byte {i}");
+            buf[i] = 0;
+        }
+    }
 }

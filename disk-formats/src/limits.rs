@@ -32,5 +32,18 @@ pub const DEFAULT_SPARSE_SIZE: usize = 4096;
 /// sequential writes, small enough to keep memory bounded (2 windows × this in flight).
 pub const CONVERT_WINDOW_BYTES: usize = 8 << 20;
 
-/// Number of L2 tables cached by the qcow2 reader (at most 2 MiB each, so ≤ 32 MiB).
-pub const L2_CACHE_ENTRIES: usize = 16;
+
+/// Bytes of decoded L2 tables the qcow2 reader caches (a 64 KiB-cluster table maps 512 MiB, so
+/// 8 MiB of tables cover 64 GiB of guest data; a 2 MiB-cluster image still keeps 4 tables).
+pub const L2_CACHE_BYTES: usize = 8 << 20;
+
+/// Largest extra data of one qcow2 snapshot table entry (qemu: `QCOW_MAX_SNAPSHOT_EXTRA_DATA`).
+pub const MAX_SNAPSHOT_EXTRA_DATA_BYTES: u64 = 1024;
+
+/// Longest backing file name we read to name it in the denial (qemu refuses longer names too).
+pub const MAX_BACKING_FILE_NAME_BYTES: u64 = 1023;
+
+/// Largest zstd window (log2) accepted in a compressed qcow2 cluster: a cluster is at most
+/// 2 MiB, so a frame never needs more than 4 MiB of window; this bounds the decoder's memory
+/// against hostile frame headers.
+pub const QCOW2_ZSTD_MAX_WINDOW_LOG: u32 = 22;

@@ -50,9 +50,10 @@ fn inflate(input: &[u8], out: &mut [u8], host: u64) -> Result<usize> {
     let mut z = Decompress::new(false);
     loop {
         let (in_pos, out_pos) = (total(z.total_in()), total(z.total_out()));
-        let status = z
-            .decompress(&input[in_pos..], &mut out[out_pos..], FlushDecompress::Finish)
-            .map_err(|e| Error::invalid(format!("compressed cluster at host offset {host} is corrupt: {e}")))?;
+        let status =
+            z.decompress(&input[in_pos..], &mut out[out_pos..], FlushDecompress::Finish).map_err(|e| {
+                Error::invalid(format!("compressed cluster at host offset {host} is corrupt: {e}"))
+            })?;
         let produced = total(z.total_out());
         if status == Status::StreamEnd || produced == out.len() {
             return Ok(produced);
@@ -66,7 +67,9 @@ fn inflate(input: &[u8], out: &mut [u8], host: u64) -> Result<usize> {
 
 /// One zstd frame into `out`; returns the bytes produced.
 fn unzstd(input: &[u8], out: &mut [u8], host: u64) -> Result<usize> {
-    let corrupt = |e: std::io::Error| Error::invalid(format!("compressed cluster at host offset {host} is corrupt: {e}"));
+    let corrupt = |e: std::io::Error| {
+        Error::invalid(format!("compressed cluster at host offset {host} is corrupt: {e}"))
+    };
     let mut decoder = Decoder::new().map_err(|e| Error::io("creating a zstd decoder", e))?;
     // Bounds the decoder's memory for hostile frame headers.
     decoder.set_parameter(DParameter::WindowLogMax(limits::QCOW2_ZSTD_MAX_WINDOW_LOG)).map_err(corrupt)?;
@@ -131,7 +134,10 @@ pub(crate) mod tests {
     fn compressed_cluster_that_decodes_short_is_rejected() {
         let input = deflate(&pattern(1000));
         let err = decode(CompressionType::Zlib, &input, 4096, 7).err().map(|e| e.to_string());
-        assert_eq!(err.as_deref(), Some("compressed cluster at host offset 7 decodes to 1000 bytes, expected 4096"));
+        assert_eq!(
+            err.as_deref(),
+            Some("compressed cluster at host offset 7 decodes to 1000 bytes, expected 4096")
+        );
     }
 
     #[test]

@@ -287,8 +287,16 @@ impl Header {
         }
         match self.crypt_method {
             0 => {}
-            1 => return Err(Error::unsupported("image is encrypted (AES); encrypted qcow2 images are not supported")),
-            2 => return Err(Error::unsupported("image is encrypted (LUKS); encrypted qcow2 images are not supported")),
+            1 => {
+                return Err(Error::unsupported(
+                    "image is encrypted (AES); encrypted qcow2 images are not supported",
+                ));
+            }
+            2 => {
+                return Err(Error::unsupported(
+                    "image is encrypted (LUKS); encrypted qcow2 images are not supported",
+                ));
+            }
             n => return Err(Error::unsupported(format!("image is encrypted with unknown method {n}"))),
         }
         let unknown = incompat & !incompatible::KNOWN;
@@ -299,7 +307,9 @@ impl Header {
             )));
         }
         if self.autoclear_features & autoclear::DATA_FILE_RAW != 0 {
-            return Err(Error::invalid("autoclear feature data-file-raw is set but the image has no data file"));
+            return Err(Error::invalid(
+                "autoclear feature data-file-raw is set but the image has no data file",
+            ));
         }
         match (self.compression_type_byte, incompat & incompatible::COMPRESSION_TYPE != 0) {
             (0, false) | (1, true) => {}
@@ -374,7 +384,9 @@ fn parse_extensions(b: &[u8], start: usize, end: usize) -> Result<Extensions> {
             break;
         }
         let Some(hdr_end) = off.checked_add(EXTENSION_HEADER_BYTES).filter(|&e| e <= end) else {
-            return Err(Error::invalid(format!("qcow2 header extension at offset {off} crosses the end of cluster 0")));
+            return Err(Error::invalid(format!(
+                "qcow2 header extension at offset {off} crosses the end of cluster 0"
+            )));
         };
         if hdr_end > b.len() {
             return Err(Error::invalid(format!(
@@ -405,7 +417,7 @@ fn parse_extensions(b: &[u8], start: usize, end: usize) -> Result<Extensions> {
             extension::BACKING_FORMAT | extension::FULL_DISK_ENCRYPTION => {}
             _ => {}
         }
-        let padded = len.div_ceil(8).checked_mul(8).unwrap_or(usize::MAX);
+        let padded = len.div_ceil(8).saturating_mul(8);
         off = hdr_end.saturating_add(padded);
     }
     Ok(ext)
@@ -461,4 +473,84 @@ pub(crate) fn be32(b: &[u8], off: usize) -> Option<u32> {
 pub(crate) fn be64(b: &[u8], off: usize) -> Option<u64> {
     let bytes = b.get(off..off.checked_add(8)?)?;
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    /// A version 2 header: 64 KiB clusters, 1 GiB, L1 table at 0x30000, refcount table at
+    /// 0x10000, no snapshots, no backing file.
+    const V2_HEADER: [u8; 72] = [
+        b'Q', b'F', b'I', 0xfb, //                      0: magic
+        0, 0, 0, 2, //                                  4: version 2
+        0, 0, 0, 0, 0, 0, 0, 0, //                      8: backing file offset
+        0, 0, 0, 0, //                                 16: backing file size
+        0, 0, 0, 16, //                                20: cluster bits (64 KiB)
+        0, 0, 0, 0, 0x40, 0, 0, 0, //                  24: virtual size (1 GiB)
+        0, 0, 0, 0, //                                 32: crypt method (none)
+        0, 0, 0, 2, //                                 36: L1 entries
+        0, 0, 0, 0, 0, 0x03, 0, 0, //                  40: L1 table offset
+        0, 0, 0, 0, 0, 0x01, 0, 0, //                  48: refcount table offset
+        0, 0, 0, 1, //                                 56: refcount table clusters
+        0, 0, 0, 0, //                                 60: snapshots
+        0, 0, 0, 0, 0, 0, 0, 0, //                     64: snapshot table offset
+    ];
+
+    #[test]
+    fn v2_header_parses_with_v3_defaults() {
+        let header = Header::parse(&V2_HEADER).expect("parse");
+        assert_eq!((header.version, header.cluster_bits, header.size), (2, 16, 1 << 30));
+        assert_eq!(
+            (header.l1_size, header.l1_table_offset, header.refcount_table_offset),
+            (2, 0x30000, 0x10000)
+        );
+        assert_eq!(
+            (header.refcount_order, header.header_length, header.compression_type()),
+            (4, 72, CompressionType::Zlib)
+        );
+        assert_eq!(header.check_features().ok(), Some(()));
+        assert!(!header.has_backing_file());
+    }
+
+    #[test]
+    fn v3_header_shorter_than_104_bytes_is_truncated() {
+        let mut bytes = V2_HEADER.to_vec();
+        bytes[7] = 3;
+        bytes.extend_from_slice(&[0; 16]);
+        let err = Header::parse(&bytes).err().map(|e| (e.kind(), e.to_string()));
+        assert_eq!(
+            err,
+            Some((
+                ErrorKind::InvalidImage,
+                "image is truncated: qcow2 header needs 104 bytes, file has 88".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn extensions_end_at_end_of_file_inside_cluster_0() {
+        // The file stops right after the header: qemu reads the rest of cluster 0 as zeros.
+        assert_eq!(parse_extensions(&V2_HEADER, 72, 65536).ok(), Some(Extensions::default()));
+    }
+
+    #[test]
+    fn extension_data_past_end_of_file_is_truncated() {
+        let mut bytes = V2_HEADER.to_vec();
+        bytes.extend_from_slice(&[0x68, 0x03, 0xf8, 0x57, 0, 0, 0, 48]); // feature names, 48 bytes
+        bytes.extend_from_slice(&[0; 10]);
+        let err = parse_extensions(&bytes, 72, 65536).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|m| m.starts_with("image is truncated")), "{err:?}");
+    }
+
+    #[test]
+    fn feature_name_table_entries_are_decoded_up_to_the_nul() {
+        let mut entry = vec![0u8; 48];
+        entry[0] = 1; // compatible
+        entry[1] = 0; // bit 0
+        entry[2..16].copy_from_slice(b"lazy refcounts");
+        let names: Vec<_> = parse_feature_names(&entry).collect();
+        assert_eq!(names, vec![FeatureName { kind: 1, bit: 0, name: "lazy refcounts".into() }]);
+    }
 }

@@ -41,7 +41,8 @@ impl EntryLengths {
     pub(crate) fn parse(head: &[u8], at: u64) -> Result<EntryLengths> {
         let field = |off, len| -> Result<usize> {
             let v = if len == 2 { be16(head, off).map(u32::from) } else { be32(head, off) };
-            let v = v.ok_or_else(|| Error::invalid(format!("snapshot table entry at offset {at} is truncated")))?;
+            let v =
+                v.ok_or_else(|| Error::invalid(format!("snapshot table entry at offset {at} is truncated")))?;
             Ok(v as usize)
         };
         let lengths = EntryLengths { id: field(12, 2)?, name: field(14, 2)?, extra: field(36, 4)? };
@@ -70,8 +71,11 @@ impl EntryLengths {
 /// which snapshots without the disk size in their extra data (version 2) share.
 pub(crate) fn parse_body(lengths: EntryLengths, body: &[u8], default_size: u64) -> SnapshotInfo {
     let extra = &body[..lengths.extra.min(body.len())];
-    let virtual_size =
-        if extra.len() >= EXTRA_WITH_DISK_SIZE { be64(extra, 8).unwrap_or(default_size) } else { default_size };
+    let virtual_size = if extra.len() >= EXTRA_WITH_DISK_SIZE {
+        be64(extra, 8).unwrap_or(default_size)
+    } else {
+        default_size
+    };
     let text = |from: usize, len: usize| {
         let bytes = body.get(from..from.saturating_add(len)).unwrap_or_default();
         String::from_utf8_lossy(bytes).into_owned()
@@ -91,7 +95,8 @@ pub(crate) fn read_table(
     count: u32,
     default_size: u64,
 ) -> Result<(Vec<SnapshotInfo>, u64)> {
-    let mut reader = ChunkReader { source, file_size, table_start: offset, buffer_start: offset, buf: Vec::new() };
+    let mut reader =
+        ChunkReader { source, file_size, table_start: offset, buffer_start: offset, buf: Vec::new() };
     let mut snapshots = Vec::with_capacity(count.min(1024) as usize);
     let mut pos = offset;
     for _ in 0..count {
@@ -100,7 +105,9 @@ pub(crate) fn read_table(
         let body_at = pos + ENTRY_HEADER_BYTES as u64;
         let body = reader.get(body_at, lengths.body())?;
         snapshots.push(parse_body(lengths, body, default_size));
-        pos = pos.checked_add(lengths.padded_total() as u64).ok_or_else(|| Error::invalid("snapshot table offset overflows"))?;
+        pos = pos
+            .checked_add(lengths.padded_total() as u64)
+            .ok_or_else(|| Error::invalid("snapshot table offset overflows"))?;
     }
     Ok((snapshots, pos - offset))
 }
@@ -120,7 +127,8 @@ struct ChunkReader<'a> {
 impl ChunkReader<'_> {
     fn get(&mut self, at: u64, len: usize) -> Result<&[u8]> {
         let table_start = self.table_start;
-        let end = at.checked_add(len as u64).ok_or_else(|| Error::invalid("snapshot table offset overflows"))?;
+        let end =
+            at.checked_add(len as u64).ok_or_else(|| Error::invalid("snapshot table offset overflows"))?;
         if end.saturating_sub(table_start) > limits::MAX_SNAPSHOT_TABLE_BYTES {
             return Err(Error::too_large(format!(
                 "snapshot table at offset {table_start} is larger than the limit of {} bytes",
@@ -144,5 +152,48 @@ impl ChunkReader<'_> {
         }
         let from = (at - self.buffer_start) as usize;
         Ok(&self.buf[from..from + len])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    /// Fixed part of an entry: id "7" (1 byte), name "nightly" (7 bytes), 16 bytes of extra data.
+    const HEAD: [u8; 40] = [
+        0, 0, 0, 0, 0, 0x05, 0, 0, // 0: L1 table offset
+        0, 0, 0, 2, //                8: L1 entries
+        0, 1, //                     12: id length
+        0, 7, //                     14: name length
+        0, 0, 0, 0, 0, 0, 0, 0, //   16: date
+        0, 0, 0, 0, 0, 0, 0, 0, //   24: VM clock
+        0, 0, 0, 0, //               32: VM state size
+        0, 0, 0, 16, //              36: extra data size
+    ];
+
+    #[test]
+    fn entry_with_disk_size_in_extra_data_reports_it() {
+        let lengths = EntryLengths::parse(&HEAD, 0).expect("parse");
+        assert_eq!(lengths, EntryLengths { extra: 16, id: 1, name: 7 });
+        assert_eq!(lengths.padded_total(), 64);
+        let mut body = vec![0u8; 8];
+        body.extend_from_slice(&(5u64 << 30).to_be_bytes());
+        body.extend_from_slice(b"7nightly");
+        let info = parse_body(lengths, &body, 1 << 30);
+        assert_eq!(info, SnapshotInfo { id: "7".into(), name: "nightly".into(), virtual_size: 5 << 30 });
+    }
+
+    #[test]
+    fn entry_without_extra_data_has_the_image_virtual_size() {
+        let lengths = EntryLengths { extra: 0, id: 1, name: 1 };
+        assert_eq!(parse_body(lengths, b"1a", 1 << 30).virtual_size, 1 << 30);
+    }
+
+    #[test]
+    fn entry_with_too_much_extra_data_is_rejected() {
+        let mut head = HEAD;
+        head[36..40].copy_from_slice(&2048u32.to_be_bytes());
+        assert_eq!(EntryLengths::parse(&head, 0).err().map(|e| e.kind()), Some(ErrorKind::InvalidImage));
     }
 }

@@ -106,9 +106,14 @@ pub(crate) enum Piece {
     Unallocated,
     Zero,
     /// Verbatim at this host offset.
-    Data { host: u64 },
+    Data {
+        host: u64,
+    },
     /// The whole cluster is compressed at `host..host + len`.
-    Compressed { host: u64, len: u64 },
+    Compressed {
+        host: u64,
+        len: u64,
+    },
 }
 
 impl Cluster {
@@ -213,7 +218,10 @@ fn decode_compressed(geo: Geometry, entry: u64) -> Cluster {
 
 /// Decodes an L2 table read from disk into 64-bit words.
 pub(crate) fn decode_words(bytes: &[u8]) -> Vec<u64> {
-    bytes.chunks_exact(8).map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect()
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect()
 }
 
 #[cfg(test)]
@@ -282,7 +290,10 @@ mod tests {
     fn compressed_descriptor_with_512_byte_clusters_uses_bit_61_for_the_sector_count() {
         let geo = Geometry { cluster_bits: 9, extended: false };
         let entry = COMPRESSED | (1u64 << 61) | 0x600;
-        assert_eq!(Cluster::decode(geo, 3, &[entry], 0).ok(), Some(Cluster::Compressed { host: 0x600, len: 1024 }));
+        assert_eq!(
+            Cluster::decode(geo, 3, &[entry], 0).ok(),
+            Some(Cluster::Compressed { host: 0x600, len: 1024 })
+        );
     }
 
     #[test]

@@ -1,0 +1,215 @@
+//! `diskplane import SOURCE OUT`: an HTTP(S) image onto a file or block device.
+//!
+//! The output is written like `convert` writes it: block devices in place; files under a
+//! temporary name next to OUT, renamed over OUT only after every check passed (checksum
+//! included) and deleted otherwise, so a failed import never leaves or clobbers OUT.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use disk_formats::OpenOptions;
+use disk_formats::convert::ConvertOptions;
+use importer::{Checksum, HttpOptions, ImportOptions, Progress, RetryPolicy, Source};
+use storage::CreateOptions;
+
+use crate::size;
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// The source: http:// or https:// URL (docker:// registry sources come later).
+    source: String,
+    /// The output: a file (created or replaced) or a block device.
+    out: PathBuf,
+    /// Expected checksum of the object as served, ALGORITHM:HEX (sha256, sha512, sha1, md5).
+    #[arg(long, value_parser = parse_checksum)]
+    checksum: Option<Checksum>,
+    /// PEM CA bundle, or a directory of PEM files, trusted in addition to the system roots.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Do not verify the server's TLS certificate.
+    #[arg(long)]
+    insecure: bool,
+    /// Basic-auth user name.
+    #[arg(long, requires = "password_file")]
+    username: Option<String>,
+    /// File holding the basic-auth password (a trailing newline is ignored).
+    #[arg(long, requires = "username")]
+    password_file: Option<PathBuf>,
+    /// Extra request header, 'Name: value' (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// Refuse images whose virtual size exceeds this (bytes, or with a K/M/G/T suffix).
+    #[arg(long, value_parser = size::parse_size, default_value = "64T")]
+    max_virtual_size: u64,
+    /// Directory for the scratch file a qcow2 is unpacked to when the server refuses Range
+    /// requests, the qcow2 is compressed, or a checksum is given (default: next to OUT).
+    #[arg(long)]
+    scratch_dir: Option<PathBuf>,
+    /// Retries in a row without progress after a dropped connection or 5xx answer.
+    #[arg(long, default_value_t = RetryPolicy::default().max_retries)]
+    retries: u32,
+}
+
+fn parse_checksum(text: &str) -> Result<Checksum, String> {
+    text.parse().map_err(|e: importer::Error| e.to_string())
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text.split_once(':').ok_or_else(|| format!("header {text:?} is not 'Name: value'"))?;
+    if name.trim().is_empty() {
+        return Err(format!("header {text:?} has no name"));
+    }
+    Ok((name.trim().to_owned(), value.trim().to_owned()))
+}
+
+pub fn run(args: &ImportArgs) -> Result<()> {
+    let source: Source = args.source.parse()?;
+    let password = match &args.password_file {
+        Some(path) => Some(read_password(path)?),
+        None => None,
+    };
+    let out = Output::prepare(&args.out)?;
+    let progress = Arc::new(Progress::new());
+    let opts = ImportOptions {
+        http: HttpOptions {
+            ca_certs: args.ca_cert.clone(),
+            insecure: args.insecure,
+            username: args.username.clone(),
+            password,
+            headers: args.headers.clone(),
+            retry: RetryPolicy { max_retries: args.retries, ..RetryPolicy::default() },
+            ..HttpOptions::default()
+        },
+        checksum: args.checksum.clone(),
+        open: OpenOptions { max_virtual_size: args.max_virtual_size },
+        convert: ConvertOptions::default(),
+        create: CreateOptions::default(),
+        scratch_dir: args.scratch_dir.clone().unwrap_or_else(|| out.scratch_dir()),
+        progress: Arc::clone(&progress),
+    };
+    let line = ProgressLine::start(progress);
+    let result = importer::import_blocking(&source, &out.write_path, &opts);
+    line.stop();
+    result?;
+    out.commit()
+}
+
+fn read_password(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the password file {}", path.display()))?;
+    Ok(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned())
+}
+
+/// A one-line progress display on stderr, only when stderr is a terminal.
+struct ProgressLine {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl ProgressLine {
+    fn start(progress: Arc<Progress>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        if !std::io::stderr().is_terminal() {
+            return Self { stop, thread: None };
+        }
+        let flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut stderr = std::io::stderr();
+            while !flag.load(Ordering::Relaxed) {
+                let _ = write!(stderr, "\r{}\x1b[K", render(&progress.snapshot()));
+                thread::sleep(Duration::from_millis(250));
+            }
+            let _ = writeln!(stderr, "\r{}\x1b[K", render(&progress.snapshot()));
+        });
+        Self { stop, thread: Some(thread) }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn render(s: &importer::Snapshot) -> String {
+    let mib = |b: f64| b / f64::from(1u32 << 20);
+    let done = mib(s.done as f64);
+    match (s.total, s.percent) {
+        (Some(total), Some(pct)) => {
+            format!("{done:.1} / {:.1} MiB  {pct:5.1}%  {:.1} MiB/s", mib(total as f64), mib(s.rate))
+        }
+        _ => format!("{done:.1} MiB  {:.1} MiB/s", mib(s.rate)),
+    }
+}
+
+/// Where the output is written (the same scheme as `convert`): block devices in place; files
+/// under a temporary name in the same directory, renamed over OUT only after success and
+/// deleted on failure.
+struct Output {
+    final_path: PathBuf,
+    write_path: PathBuf,
+    in_place: bool,
+    committed: bool,
+}
+
+impl Output {
+    fn prepare(out: &Path) -> Result<Self> {
+        if out.is_dir() {
+            anyhow::bail!("output {} is a directory", out.display());
+        }
+        if storage::is_block_device(out) {
+            return Ok(Self { final_path: out.into(), write_path: out.into(), in_place: true, committed: false });
+        }
+        let name = out.file_name().with_context(|| format!("output {} has no file name", out.display()))?;
+        let mut partial = std::ffi::OsString::from(".");
+        partial.push(name);
+        partial.push(format!(".diskplane-partial-{}", std::process::id()));
+        Ok(Self { final_path: out.into(), write_path: out.with_file_name(partial), in_place: false, committed: false })
+    }
+
+    /// Next to OUT for files; the system temporary directory for block devices (their
+    /// directory is /dev).
+    fn scratch_dir(&self) -> PathBuf {
+        if self.in_place {
+            return std::env::temp_dir();
+        }
+        match self.final_path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    fn commit(mut self) -> Result<()> {
+        if !self.in_place {
+            std::fs::rename(&self.write_path, &self.final_path)
+                .with_context(|| format!("renaming the output into place at {}", self.final_path.display()))?;
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if !self.committed && !self.in_place {
+            let _ = std::fs::remove_file(&self.write_path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_split_at_the_first_colon() {
+        assert_eq!(parse_header("X-Auth: a:b"), Ok(("X-Auth".into(), "a:b".into())));
+        assert!(parse_header("no colon").is_err());
+        assert!(parse_header(": value").is_err());
+    }
+}

@@ -1,0 +1,180 @@
+//! Linux: sparse files, block devices and in-kernel copies.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+
+use rustix::fs::{FallocateFlags, SeekFrom};
+use rustix::io::Errno;
+
+/// Whether `path` is (or links to) a block device. `false` when it does not exist.
+pub fn is_block_device(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|meta| meta.file_type().is_block_device())
+}
+
+/// The size of a block device in bytes (its metadata says 0). Moves the file offset, which the
+/// crate never uses: all I/O is positional.
+pub fn device_size(file: &File) -> io::Result<u64> {
+    Ok(rustix::fs::seek(file, SeekFrom::End(0))?)
+}
+
+/// The logical block size of a block device: the alignment its write-zeroes need.
+pub fn logical_block_size(file: &File) -> io::Result<u32> {
+    Ok(rustix::fs::ioctl_blksszget(file)?)
+}
+
+/// Deallocates `[offset, offset + len)` so that it reads as zeros, keeping the size. On a file
+/// this punches a hole; on a block device it is a write-zeroes that may unmap (a loop device
+/// punches a hole in its backing file), and fails with `EOPNOTSUPP` when the device cannot.
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    Ok(rustix::fs::fallocate(file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len)?)
+}
+
+/// Zeroes `[offset, offset + len)` keeping the size. On a block device this is a write-zeroes
+/// that keeps the blocks allocated; the kernel writes zero pages when the device has no
+/// write-zeroes command.
+pub fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    Ok(rustix::fs::fallocate(file, FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE, offset, len)?)
+}
+
+/// Allocates blocks for `[offset, offset + len)` of a file (fallocate mode 0), keeping data.
+pub fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    Ok(rustix::fs::fallocate(file, FallocateFlags::empty(), offset, len)?)
+}
+
+/// Flushes the data of `file` (and the metadata needed to read it) to stable storage; on a
+/// block device this flushes the device's write cache.
+pub fn datasync(file: &File) -> io::Result<()> {
+    Ok(rustix::fs::fdatasync(file)?)
+}
+
+/// One `copy_file_range` call: copies up to `len` bytes, advancing both offsets; returns how
+/// many bytes were copied (0 at the end of `src`).
+pub fn copy_range(
+    src: &File,
+    src_offset: &mut u64,
+    dst: &File,
+    dst_offset: &mut u64,
+    len: usize,
+) -> io::Result<usize> {
+    loop {
+        match rustix::fs::copy_file_range(src, Some(&mut *src_offset), dst, Some(&mut *dst_offset), len) {
+            Err(Errno::INTR) => {}
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// Whether an error of `copy_file_range`, `fallocate` or `FICLONE` means "this file system,
+/// device or kernel cannot do that here", so that the caller should fall back to plain I/O.
+pub fn is_unsupported(e: &io::Error) -> bool {
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::OPNOTSUPP | Errno::NOSYS | Errno::XDEV | Errno::INVAL | Errno::NOTTY)
+    )
+}
+
+/// Makes `dst` share all of `src`'s blocks (`FICLONE`): an instant copy on file systems with
+/// reflinks (XFS, btrfs, bcachefs). `dst` takes `src`'s size.
+///
+/// # Errors
+/// `EOPNOTSUPP` / `EXDEV` / `EINVAL` (see [`is_unsupported`]) when the file system cannot
+/// reflink these files; the caller then copies.
+pub fn reflink(src: &File, dst: &File) -> io::Result<()> {
+    Ok(rustix::fs::ioctl_ficlone(dst, src)?)
+}
+
+/// The next data extent of `file` at or after `offset`, as `(start, len)`, or `None` when only
+/// holes (or nothing) remain. File systems that do not track holes report the whole rest of
+/// the file as one extent.
+pub fn next_data(file: &File, offset: u64) -> io::Result<Option<(u64, u64)>> {
+    let start = match rustix::fs::seek(file, SeekFrom::Data(offset)) {
+        Ok(start) => start,
+        // ENXIO: no data at or after `offset` (or `offset` is past the end).
+        Err(Errno::NXIO) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    // There is always a hole at the end of the file, so this finds the end of the extent.
+    let end = rustix::fs::seek(file, SeekFrom::Hole(start))?;
+    Ok(Some((start, end.saturating_sub(start))))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn file_with_extents(extents: &[(u64, usize)], len: u64) -> File {
+        let file = tempfile::tempfile().expect("temp file");
+        file.set_len(len).expect("set_len");
+        for &(offset, size) in extents {
+            file.write_all_at(&vec![0xa5; size], offset).expect("write");
+        }
+        file
+    }
+
+    #[test]
+    fn next_data_walks_the_data_extents_of_a_sparse_file() {
+        let file = file_with_extents(&[(0, 4096), (MIB, 8192)], 4 * MIB);
+
+        assert_eq!(next_data(&file, 0).expect("seek"), Some((0, 4096)));
+        assert_eq!(next_data(&file, 100).expect("seek"), Some((100, 3996)));
+        assert_eq!(next_data(&file, 4096).expect("seek"), Some((MIB, 8192)));
+        assert_eq!(next_data(&file, MIB + 8192).expect("seek"), None);
+    }
+
+    #[test]
+    fn next_data_past_the_end_is_none() {
+        let file = file_with_extents(&[(0, 4096)], 4096);
+
+        assert_eq!(next_data(&file, 4096).expect("seek"), None);
+        assert_eq!(next_data(&file, 10 * MIB).expect("seek"), None);
+    }
+
+    #[test]
+    fn punch_hole_deallocates_and_reads_zeros() {
+        let file = file_with_extents(&[(0, MIB as usize)], MIB);
+
+        punch_hole(&file, 4096, MIB - 8192).expect("punch");
+
+        assert_eq!(next_data(&file, 4096).expect("seek"), Some((MIB - 4096, 4096)));
+        let mut buf = vec![0xffu8; 8192];
+        file.read_exact_at(&mut buf, 4096).expect("read");
+        assert!(buf.iter().all(|&b| b == 0));
+        assert_eq!(file.metadata().expect("stat").len(), MIB);
+    }
+
+    #[test]
+    fn reflink_shares_the_content_or_reports_unsupported() {
+        let src = file_with_extents(&[(0, 65536)], 65536);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let dst = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join("dst"))
+            .expect("dst");
+
+        match reflink(&src, &dst) {
+            Ok(()) => {
+                let mut buf = vec![0u8; 65536];
+                dst.read_exact_at(&mut buf, 0).expect("read");
+                assert!(buf.iter().all(|&b| b == 0xa5));
+            }
+            Err(e) if is_unsupported(&e) => eprintln!("skipping: no reflinks on this file system ({e})"),
+            Err(e) => panic!("FICLONE failed: {e}"),
+        }
+    }
+
+    #[test]
+    fn is_block_device_is_false_for_files_and_missing_paths() {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+
+        assert!(!is_block_device(file.path()));
+        assert!(!is_block_device(Path::new("/nonexistent/diskplane")));
+    }
+}
