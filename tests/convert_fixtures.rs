@@ -33,6 +33,9 @@ use sha2::{Digest, Sha256};
 const DISKPLANE: &str = env!("CARGO_BIN_EXE_diskplane");
 const MAKE_IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/make-images.sh");
 const MIB: u64 = 1 << 20;
+/// Allocation is compared with qemu-img's allowing for filesystem metadata: the same extents can
+/// occupy one more 4 KiB block (an ext4 extent-tree block) from one write pattern to another.
+const FS_METADATA_SLACK: u64 = 8 << 10;
 
 // --- the fixture matrix -------------------------------------------------------------------------
 
@@ -203,13 +206,17 @@ fn check_fixture(name: &str) {
             assert!(out.status.success(), "{name}: convert failed ({}): {}", out.status, stderr(&out));
             match sha256 {
                 Some(want) => {
-                    assert_eq!(&sha256_range(&out_path, 0, None), want, "{name}: output differs from qemu-img's");
+                    assert_eq!(
+                        &sha256_range(&out_path, 0, None),
+                        want,
+                        "{name}: output differs from qemu-img's"
+                    );
                 }
                 None => check_regions(name, &out_path),
             }
             let ours = allocated(&out_path);
             assert!(
-                ours <= *qemu_alloc,
+                ours <= qemu_alloc + FS_METADATA_SLACK,
                 "{name}: output occupies {ours} bytes on disk, qemu-img's only {qemu_alloc} (holes missed?)"
             );
             let left = leftovers(dir.path(), &out_path);
@@ -253,7 +260,11 @@ fn check_regions(name: &str, out: &Path) {
             }
             [offset, len, sha] => {
                 let (offset, len) = (offset.parse().expect("offset"), len.parse().expect("len"));
-                assert_eq!(sha256_range(out, offset, Some(len)), sha, "{name}: {len} bytes at offset {offset}");
+                assert_eq!(
+                    sha256_range(out, offset, Some(len)),
+                    sha,
+                    "{name}: {len} bytes at offset {offset}"
+                );
             }
             _ => panic!("{}: bad line {line:?}", path.display()),
         }
@@ -302,9 +313,12 @@ mod matrix {
         // hostile: crafted headers and tables
         encrypted_aes, incompatible_bit20, qcow2_version7, cluster_bits_32, l1_past_eof,
         l2_past_eof, data_past_eof, data_in_header, l2_in_header, l1_overlaps_refcount_table,
-        l2_overlaps_l1, l2_unaligned, truncated_data, truncated_l1, compressed_garbage,
-        compressed_overflow, compressed_short, l1_size_huge, l1_too_small, virtual_size_2p62,
-        refcount_table_huge,
+        qcow2_corrupt_bit, l2_overlaps_l1, l2_unaligned, truncated_data, truncated_l1,
+        compressed_garbage, compressed_overflow, compressed_short, l1_reserved_bits,
+        l2_reserved_bits, l1_unaligned, data_overlaps_refcount_table, snapshot_table_past_eof,
+        header_extension_overflow, refcount_order_7, header_length_short, compression_type_unknown,
+        v2_zero_flag, extl2_alloc_and_zero, extl2_compressed_bitmap, l1_size_huge, l1_too_small,
+        virtual_size_2p62, refcount_table_huge,
         // hostile: limits
         qcow2_128t, raw_over_max, raw_gz_over_max, qcow2_over_max,
         // hostile: broken wrappers
@@ -332,7 +346,10 @@ fn json_of(output: Output, what: &str) -> Value {
 }
 
 fn diskplane_info(img: &Path) -> Value {
-    json_of(diskplane([OsStr::new("info"), img.as_os_str(), OsStr::new("-o"), OsStr::new("json")]), "diskplane info")
+    json_of(
+        diskplane([OsStr::new("info"), img.as_os_str(), OsStr::new("-o"), OsStr::new("json")]),
+        "diskplane info",
+    )
 }
 
 fn qemu_info(img: &Path) -> Value {
@@ -369,7 +386,12 @@ fn assert_info_matches_qemu(name: &str) {
         v.as_array()
             .map(|a| {
                 a.iter()
-                    .map(|s| (s["id"].as_str().unwrap_or("?").to_owned(), s["name"].as_str().unwrap_or("?").to_owned()))
+                    .map(|s| {
+                        (
+                            s["id"].as_str().unwrap_or("?").to_owned(),
+                            s["name"].as_str().unwrap_or("?").to_owned(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -485,7 +507,8 @@ fn converting_onto_a_bigger_existing_file_replaces_it() {
     assert!(out.status.success(), "convert failed: {}", stderr(&out));
     assert_eq!(fs::metadata(&out_path).expect("metadata").len(), 16 * MIB, "size of the replaced output");
     assert_eq!(sha256_range(&out_path, 0, None), ok_sha("qcow2_v3"));
-    assert!(allocated(&out_path) <= ok_expectation("qcow2_v3").1, "the replaced output is not sparse");
+    let qemu_alloc = ok_expectation("qcow2_v3").1;
+    assert!(allocated(&out_path) <= qemu_alloc + FS_METADATA_SLACK, "the replaced output is not sparse");
 }
 
 #[test]
@@ -580,7 +603,7 @@ fn assert_too_large_for_device(name: &str, out: &Output) {
     assert_eq!(text.trim_end().lines().count(), 1, "{name}: stderr must be one line: {text:?}");
     let lower = text.to_lowercase();
     assert!(
-        ["capacity", "too large", "larger", "exceeds"].iter().any(|w| lower.contains(w)),
+        ["capacity", "too large", "larger", "exceeds", "do not fit"].iter().any(|w| lower.contains(w)),
         "{name}: error must say the image does not fit: {text:?}"
     );
 }

@@ -117,12 +117,17 @@ pub fn convert_image(image: &dyn Image, target: &dyn WriteAt, opts: &ConvertOpti
 }
 
 /// Streams raw bytes from `reader` into `target` from offset 0, turning zero runs into holes.
-/// Returns the number of bytes the stream held (the raw disk's size).
+/// Returns the raw disk's size: the bytes the stream held, rounded up to a whole 512-byte sector
+/// as qemu-img does (the target must be sized to it; the padding reads as zeros).
 ///
 /// # Errors
 /// [`crate::ErrorKind::TooLarge`] as soon as the stream passes the target's capacity;
 /// [`crate::ErrorKind::InvalidImage`] for corrupt or truncated compressed input.
-pub fn convert_stream(reader: &mut dyn Read, target: &dyn WriteAt, opts: &ConvertOptions) -> Result<ConvertStats> {
+pub fn convert_stream(
+    reader: &mut dyn Read,
+    target: &dyn WriteAt,
+    opts: &ConvertOptions,
+) -> Result<ConvertStats> {
     let capacity = target.capacity();
     let data_bytes = AtomicU64::new(0);
     let mut total = 0u64;
@@ -146,7 +151,18 @@ pub fn convert_stream(reader: &mut dyn Read, target: &dyn WriteAt, opts: &Conver
             total = end;
         }
     })?;
-    Ok(ConvertStats { virtual_size: total, data_bytes: data_bytes.into_inner() })
+    // Like a raw file, a raw stream is a whole number of 512-byte sectors (zero padded).
+    let virtual_size = crate::raw::round_up_to_sector(total);
+    if virtual_size > capacity {
+        return Err(Error::too_large(format!(
+            "image is larger than the target's capacity of {capacity} bytes"
+        )));
+    }
+    if virtual_size > total && !target.unwritten_reads_zero() {
+        let pad = vec![0u8; (virtual_size - total) as usize];
+        target.write_all_at(&pad, total).map_err(|e| Error::io("writing the last sector's padding", e))?;
+    }
+    Ok(ConvertStats { virtual_size, data_bytes: data_bytes.into_inner() })
 }
 
 /// A byte stream with its compression wrappers removed and its format recognised.
@@ -311,7 +327,8 @@ where
         let writer = scope.spawn(move || write_batches(&rx, &back_tx, target, sparse_size, opts, data_bytes));
         let produced = produce(&tx, &Buffers { returned: back_rx });
         drop(tx);
-        let written = writer.join().unwrap_or_else(|_| Err(Error::io("writer thread", io::Error::other("panicked"))));
+        let written =
+            writer.join().unwrap_or_else(|_| Err(Error::io("writer thread", io::Error::other("panicked"))));
         produced.and(written)
     })
 }
@@ -341,7 +358,11 @@ fn map_window(image: &dyn Image, start: u64, end: u64) -> Result<Vec<Segment>> {
 
 fn merge(a: Segment, b: Segment) -> Option<Segment> {
     let kind = match (a.kind, b.kind) {
-        (SegmentKind::Data { host: ha }, SegmentKind::Data { host: hb }) if ha.checked_add(a.len) == Some(hb) => a.kind,
+        (SegmentKind::Data { host: ha }, SegmentKind::Data { host: hb })
+            if ha.checked_add(a.len) == Some(hb) =>
+        {
+            a.kind
+        }
         (SegmentKind::Encoded, SegmentKind::Encoded) => a.kind,
         (SegmentKind::Zero | SegmentKind::Unallocated, SegmentKind::Zero | SegmentKind::Unallocated) => {
             SegmentKind::Unallocated
@@ -359,9 +380,9 @@ fn copy_in_kernel(
 ) -> Result<()> {
     for seg in segments.iter_mut() {
         if let SegmentKind::Data { host } = seg.kind {
-            let copied = target
-                .copy_from_file(src, host, seg.offset, seg.len)
-                .map_err(|e| Error::io(format!("copying {} bytes at guest offset {}", seg.len, seg.offset), e))?;
+            let copied = target.copy_from_file(src, host, seg.offset, seg.len).map_err(|e| {
+                Error::io(format!("copying {} bytes at guest offset {}", seg.len, seg.offset), e)
+            })?;
             if copied {
                 data_bytes.fetch_add(seg.len, Ordering::Relaxed);
                 seg.kind = COPIED;
@@ -415,7 +436,10 @@ fn fill_window(
             .map(|_| {
                 scope.spawn(|| {
                     loop {
-                        let job = queue.lock().map_err(|_| Error::io("read queue", io::Error::other("poisoned")))?.next();
+                        let job = queue
+                            .lock()
+                            .map_err(|_| Error::io("read queue", io::Error::other("poisoned")))?
+                            .next();
                         let Some((seg, piece)) = job else { return Ok(()) };
                         read_piece(image, seg, piece)?;
                     }
@@ -424,7 +448,9 @@ fn fill_window(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(Error::io("reader thread", io::Error::other("panicked")))))
+            .map(|h| {
+                h.join().unwrap_or_else(|_| Err(Error::io("reader thread", io::Error::other("panicked"))))
+            })
             .collect::<Result<Vec<()>>>()
             .map(drop)
     })
@@ -433,7 +459,14 @@ fn fill_window(
 fn read_piece(image: &dyn Image, seg: Segment, piece: &mut [u8]) -> Result<()> {
     match seg.kind {
         SegmentKind::Data { host } => image.data_source().read_exact_at(piece, host).map_err(|e| {
-            Error::io(format!("reading {} bytes of data for guest offset {} at host offset {host}", piece.len(), seg.offset), e)
+            Error::io(
+                format!(
+                    "reading {} bytes of data for guest offset {} at host offset {host}",
+                    piece.len(),
+                    seg.offset
+                ),
+                e,
+            )
         }),
         _ => image.read_at(piece, seg.offset),
     }
@@ -552,6 +585,7 @@ fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 fn stream_error(e: io::Error) -> Error {
     match e.kind() {
         io::ErrorKind::InvalidData => Error::invalid(e.to_string()),
+        io::ErrorKind::UnexpectedEof if e.to_string().contains("truncated") => Error::invalid(e.to_string()),
         io::ErrorKind::UnexpectedEof => Error::invalid(format!("image is truncated: {e}")),
         _ => Error::io("reading the image stream", e),
     }
@@ -719,7 +753,11 @@ mod tests {
             Segment { offset: 100_000, len: 4_900_000, kind: SegmentKind::Unallocated },
             Segment { offset: 5_000_000, len: 4_000_000, kind: SegmentKind::Encoded },
             Segment { offset: 9_000_000, len: (len - 9_005_000) as u64, kind: SegmentKind::Zero },
-            Segment { offset: (len - 5000) as u64, len: 5000, kind: SegmentKind::Data { host: (len - 5000) as u64 } },
+            Segment {
+                offset: (len - 5000) as u64,
+                len: 5000,
+                kind: SegmentKind::Data { host: (len - 5000) as u64 },
+            },
         ];
         let image = FakeImage { content: content.clone(), segments };
 

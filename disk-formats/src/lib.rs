@@ -66,7 +66,9 @@ pub fn open_as(source: Arc<dyn ReadAt>, format: Format, opts: &OpenOptions) -> R
     let image: Box<dyn Image> = match format {
         Format::Raw | Format::Iso => Box::new(raw::RawImage::open(source, format)?),
         Format::Qcow2 => Box::new(qcow2::Qcow2Image::open(source, opts)?),
-        Format::Luks => return Err(Error::unsupported("image is LUKS-encrypted; encrypted images are not supported")),
+        Format::Luks => {
+            return Err(Error::unsupported("image is LUKS-encrypted; encrypted images are not supported"));
+        }
         Format::Gzip | Format::Xz | Format::Zstd => {
             return Err(Error::unsupported(format!(
                 "image is {format}-compressed and must be streamed, not opened for random access"

@@ -32,7 +32,6 @@ pub const DEFAULT_SPARSE_SIZE: usize = 4096;
 /// sequential writes, small enough to keep memory bounded (2 windows × this in flight).
 pub const CONVERT_WINDOW_BYTES: usize = 8 << 20;
 
-
 /// Bytes of decoded L2 tables the qcow2 reader caches (a 64 KiB-cluster table maps 512 MiB, so
 /// 8 MiB of tables cover 64 GiB of guest data; a 2 MiB-cluster image still keeps 4 tables).
 pub const L2_CACHE_BYTES: usize = 8 << 20;

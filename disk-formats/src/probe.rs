@@ -80,6 +80,11 @@ const ISO_MAGIC_OFFSET: usize = 0x8001;
 const VDI_SIGNATURE_OFFSET: usize = 0x40;
 const VDI_SIGNATURE: u32 = 0xbeda_107f;
 
+/// A zstd stream may open with a skippable frame (magic 0x184D2A50..=0x184D2A5F, little endian).
+fn is_zstd_skippable_frame(head: &[u8]) -> bool {
+    head.get(..4).is_some_and(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]) & !0xf == 0x184d_2a50)
+}
+
 /// Recognises the format from the first bytes of a source (up to
 /// [`PROBE_BYTES`](crate::limits::PROBE_BYTES); fewer only when the source is shorter).
 pub fn probe(head: &[u8]) -> Format {
@@ -94,7 +99,7 @@ pub fn probe(head: &[u8]) -> Format {
     if starts(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
         return Format::Xz;
     }
-    if starts(&[0x28, 0xb5, 0x2f, 0xfd]) {
+    if starts(&[0x28, 0xb5, 0x2f, 0xfd]) || is_zstd_skippable_frame(head) {
         return Format::Zstd;
     }
     if starts(b"KDMV") || starts(b"COWD") || starts(b"# Disk DescriptorFile") {
@@ -144,6 +149,7 @@ mod tests {
         assert_eq!(probe(&[0x1f, 0x8b, 8, 0]), Format::Gzip);
         assert_eq!(probe(&[0xfd, b'7', b'z', b'X', b'Z', 0]), Format::Xz);
         assert_eq!(probe(&[0x28, 0xb5, 0x2f, 0xfd, 0]), Format::Zstd);
+        assert_eq!(probe(&[0x53, 0x2a, 0x4d, 0x18, 4, 0, 0, 0]), Format::Zstd);
     }
 
     #[test]

@@ -98,15 +98,13 @@ impl FromStr for Checksum {
                 )));
             }
         };
-        let digest = unhex(digest)
-            .filter(|d| d.len() == algorithm.digest_len())
-            .ok_or_else(|| {
-                Error::config(format!(
-                    "checksum {text:?}: a {} digest is {} hex digits",
-                    algorithm.name(),
-                    algorithm.digest_len() * 2
-                ))
-            })?;
+        let digest = unhex(digest).filter(|d| d.len() == algorithm.digest_len()).ok_or_else(|| {
+            Error::config(format!(
+                "checksum {text:?}: a {} digest is {} hex digits",
+                algorithm.name(),
+                algorithm.digest_len() * 2
+            ))
+        })?;
         Ok(Self { algorithm, digest })
     }
 }

@@ -158,7 +158,10 @@ mod tests {
 
     #[test]
     fn server_errors_are_retryable_and_client_errors_are_not() {
-        let status = |code| Error::Status { url: String::new(), status: reqwest::StatusCode::from_u16(code).unwrap_or_default() };
+        let status = |code| Error::Status {
+            url: String::new(),
+            status: reqwest::StatusCode::from_u16(code).unwrap_or_default(),
+        };
         assert!(status(503).is_retryable());
         assert!(status(429).is_retryable());
         assert!(!status(401).is_retryable());

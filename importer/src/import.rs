@@ -45,13 +45,14 @@ impl FromStr for Source {
         let scheme = text.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         match scheme.as_deref() {
             Some("http" | "https") => {
-                let url = Url::parse(text).map_err(|e| Error::config_with(format!("invalid URL {text:?}"), e))?;
+                let url =
+                    Url::parse(text).map_err(|e| Error::config_with(format!("invalid URL {text:?}"), e))?;
                 Ok(Source::Http(url))
             }
             Some("docker" | "oci") => Err(Error::Source("registry sources are not supported yet".into())),
-            Some(other) => Err(Error::Source(format!(
-                "unsupported source scheme {other}:// (use http:// or https://)"
-            ))),
+            Some(other) => {
+                Err(Error::Source(format!("unsupported source scheme {other}:// (use http:// or https://)")))
+            }
             None => Err(Error::Source(format!("source {text:?} is not a URL (use http:// or https://)"))),
         }
     }
@@ -137,7 +138,8 @@ pub async fn import(source: &Source, target: &Path, opts: &ImportOptions) -> Res
     let http = Arc::new(Http::new(url.clone(), &opts.http)?);
     let mut body = Body::open(Arc::clone(&http), Arc::clone(&progress)).await?;
     let head_chunks = body.read_head(limits::PROBE_BYTES).await?;
-    let head: Vec<u8> = head_chunks.iter().flat_map(|c| c.iter().copied()).take(limits::PROBE_BYTES).collect();
+    let head: Vec<u8> =
+        head_chunks.iter().flat_map(|c| c.iter().copied()).take(limits::PROBE_BYTES).collect();
     let format = probe(&head);
     let info = body.info().clone();
     check_announced_size(format, &head, info.total, &opts.open)?;
@@ -183,7 +185,11 @@ fn check_announced_size(format: Format, head: &[u8], total: Option<u64>, open: &
 }
 
 /// qcow2 read in place by Range requests.
-async fn convert_random_access(reader: HttpReadAt, target: &Path, opts: &ImportOptions) -> Result<ImportStats> {
+async fn convert_random_access(
+    reader: HttpReadAt,
+    target: &Path,
+    opts: &ImportOptions,
+) -> Result<ImportStats> {
     let target = target.to_path_buf();
     let open = opts.open.clone();
     let create = opts.create.clone();
@@ -240,7 +246,8 @@ async fn convert_streamed(
         let (format, wrappers) = (sniffed.format, sniffed.wrappers.clone());
         check_convertible(format)?;
         let volume = Volume::create(&target, None, open.max_virtual_size, &create)?;
-        let stats = convert_sniffed(sniffed, &volume, &ScratchOptions { dir: &scratch_dir }, &open, &convert)?;
+        let stats =
+            convert_sniffed(sniffed, &volume, &ScratchOptions { dir: &scratch_dir }, &open, &convert)?;
         // Read what the converter left (trailing bytes after a compressed stream's end) so
         // every byte is hashed and the end marker, sent only after the checksum matched, seen.
         reader.drain().map_err(|e| disk_formats::Error::io("reading the end of the download", e))?;
@@ -280,7 +287,9 @@ fn check_convertible(format: Format) -> Result<()> {
     if format.is_raw() || format == Format::Qcow2 {
         return Ok(());
     }
-    Err(Error::Format(disk_formats::Error::unsupported(format!("image format {format} is not supported yet"))))
+    Err(Error::Format(disk_formats::Error::unsupported(format!(
+        "image format {format} is not supported yet"
+    ))))
 }
 
 #[cfg(test)]

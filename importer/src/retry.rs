@@ -18,7 +18,11 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// 0.5 s doubling to 8 s, 8 retries: about 40 s of patience for a server that is down.
     fn default() -> Self {
-        Self { max_retries: 8, initial_backoff: Duration::from_millis(500), max_backoff: Duration::from_secs(8) }
+        Self {
+            max_retries: 8,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+        }
     }
 }
 

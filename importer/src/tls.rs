@@ -28,7 +28,8 @@ pub fn install_crypto_provider() {
 /// [`Error::Config`] when the path cannot be read or holds no certificate at all.
 pub(crate) fn load_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>> {
     let read = |file: &Path| {
-        std::fs::read(file).map_err(|e| Error::config_with(format!("reading CA certificates from {}", file.display()), e))
+        std::fs::read(file)
+            .map_err(|e| Error::config_with(format!("reading CA certificates from {}", file.display()), e))
     };
     let parse = |file: &Path, pem: &[u8]| {
         reqwest::Certificate::from_pem_bundle(pem)
@@ -36,8 +37,8 @@ pub(crate) fn load_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>
     };
     let mut certs = Vec::new();
     if path.is_dir() {
-        let entries =
-            std::fs::read_dir(path).map_err(|e| Error::config_with(format!("listing {}", path.display()), e))?;
+        let entries = std::fs::read_dir(path)
+            .map_err(|e| Error::config_with(format!("listing {}", path.display()), e))?;
         let mut files: Vec<_> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))

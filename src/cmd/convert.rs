@@ -46,8 +46,7 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         let reader = BufReader::with_capacity(1 << 20, file);
         let sniffed = sniff(Box::new(reader))?;
         let volume = Volume::create(&out.write_path, None, args.max_virtual_size, &create)?;
-        let stats =
-            convert_sniffed(sniffed, &volume, &ScratchOptions { dir: &scratch_dir }, &open, &opts)?;
+        let stats = convert_sniffed(sniffed, &volume, &ScratchOptions { dir: &scratch_dir }, &open, &opts)?;
         if !volume.is_block_device() {
             volume.set_len(stats.virtual_size)?;
         }
@@ -55,7 +54,8 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     } else {
         let source: Arc<dyn ReadAt> = Arc::new(file);
         let image = open_as(source, format, &open)?;
-        let volume = Volume::create(&out.write_path, Some(image.virtual_size()), args.max_virtual_size, &create)?;
+        let volume =
+            Volume::create(&out.write_path, Some(image.virtual_size()), args.max_virtual_size, &create)?;
         convert_image(&*image, &volume, &opts)?;
         volume.finish()?;
     }
@@ -78,13 +78,23 @@ impl Output {
             anyhow::bail!("output {} is a directory", out.display());
         }
         if storage::is_block_device(out) {
-            return Ok(Self { final_path: out.into(), write_path: out.into(), in_place: true, committed: false });
+            return Ok(Self {
+                final_path: out.into(),
+                write_path: out.into(),
+                in_place: true,
+                committed: false,
+            });
         }
         let name = out.file_name().with_context(|| format!("output {} has no file name", out.display()))?;
         let mut partial = std::ffi::OsString::from(".");
         partial.push(name);
         partial.push(format!(".diskplane-partial-{}", std::process::id()));
-        Ok(Self { final_path: out.into(), write_path: out.with_file_name(partial), in_place: false, committed: false })
+        Ok(Self {
+            final_path: out.into(),
+            write_path: out.with_file_name(partial),
+            in_place: false,
+            committed: false,
+        })
     }
 
     fn dir(&self) -> PathBuf {
@@ -96,8 +106,13 @@ impl Output {
 
     fn commit(mut self) -> Result<()> {
         if !self.in_place {
-            std::fs::rename(&self.write_path, &self.final_path)
-                .with_context(|| format!("renaming the output into place at {}", self.final_path.display()))?;
+            std::fs::rename(&self.write_path, &self.final_path).with_context(|| {
+                format!("renaming the output into place at {}", self.final_path.display())
+            })?;
+            // The new name must survive a crash too.
+            File::open(self.dir())
+                .and_then(|dir| dir.sync_all())
+                .with_context(|| format!("flushing the directory of {}", self.final_path.display()))?;
         }
         self.committed = true;
         Ok(())

@@ -60,7 +60,8 @@ fn parse_checksum(text: &str) -> Result<Checksum, String> {
 }
 
 fn parse_header(text: &str) -> Result<(String, String), String> {
-    let (name, value) = text.split_once(':').ok_or_else(|| format!("header {text:?} is not 'Name: value'"))?;
+    let (name, value) =
+        text.split_once(':').ok_or_else(|| format!("header {text:?} is not 'Name: value'"))?;
     if name.trim().is_empty() {
         return Err(format!("header {text:?} has no name"));
     }
@@ -100,7 +101,8 @@ pub fn run(args: &ImportArgs) -> Result<()> {
 }
 
 fn read_password(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading the password file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the password file {}", path.display()))?;
     Ok(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned())
 }
 
@@ -163,13 +165,23 @@ impl Output {
             anyhow::bail!("output {} is a directory", out.display());
         }
         if storage::is_block_device(out) {
-            return Ok(Self { final_path: out.into(), write_path: out.into(), in_place: true, committed: false });
+            return Ok(Self {
+                final_path: out.into(),
+                write_path: out.into(),
+                in_place: true,
+                committed: false,
+            });
         }
         let name = out.file_name().with_context(|| format!("output {} has no file name", out.display()))?;
         let mut partial = std::ffi::OsString::from(".");
         partial.push(name);
         partial.push(format!(".diskplane-partial-{}", std::process::id()));
-        Ok(Self { final_path: out.into(), write_path: out.with_file_name(partial), in_place: false, committed: false })
+        Ok(Self {
+            final_path: out.into(),
+            write_path: out.with_file_name(partial),
+            in_place: false,
+            committed: false,
+        })
     }
 
     /// Next to OUT for files; the system temporary directory for block devices (their
@@ -186,8 +198,9 @@ impl Output {
 
     fn commit(mut self) -> Result<()> {
         if !self.in_place {
-            std::fs::rename(&self.write_path, &self.final_path)
-                .with_context(|| format!("renaming the output into place at {}", self.final_path.display()))?;
+            std::fs::rename(&self.write_path, &self.final_path).with_context(|| {
+                format!("renaming the output into place at {}", self.final_path.display())
+            })?;
         }
         self.committed = true;
         Ok(())

@@ -25,9 +25,8 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         let wrappers: Vec<String> = sniffed.wrappers.iter().map(|w| w.name().to_owned()).collect();
         let mut info = if sniffed.format.is_raw() {
             // The size of a compressed raw disk is only known by decompressing it (streamed).
-            let size = io::copy(&mut sniffed.reader, &mut io::sink()).map_err(|e| {
-                disk_formats::Error::invalid(format!("reading the compressed stream: {e}"))
-            })?;
+            let size = io::copy(&mut sniffed.reader, &mut io::sink())
+                .map_err(|e| disk_formats::Error::invalid(format!("reading the compressed stream: {e}")))?;
             ImageInfo {
                 format: sniffed.format.name().to_owned(),
                 virtual_size: size,

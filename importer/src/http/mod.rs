@@ -68,7 +68,8 @@ impl Default for HttpOptions {
 
 impl fmt::Debug for HttpOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let headers: Vec<String> = self.headers.iter().map(|(name, _)| format!("{name}: <redacted>")).collect();
+        let headers: Vec<String> =
+            self.headers.iter().map(|(name, _)| format!("{name}: <redacted>")).collect();
         f.debug_struct("HttpOptions")
             .field("ca_certs", &self.ca_certs)
             .field("insecure", &self.insecure)
@@ -147,7 +148,9 @@ impl Http {
             (None, None) => None,
         };
         if opts.range.block_size == 0 || opts.range.cache_blocks < 2 {
-            return Err(Error::config("range block size must be positive and the cache hold at least 2 blocks"));
+            return Err(Error::config(
+                "range block size must be positive and the cache hold at least 2 blocks",
+            ));
         }
         Ok(Self { client, url, auth, retry: opts.retry.clone(), range: opts.range })
     }
@@ -188,24 +191,24 @@ impl Http {
 pub(crate) fn network_error(what: &str, url: &Url, err: reqwest::Error) -> Error {
     let retryable = !(err.is_builder() || err.is_redirect() || is_tls_error(&err))
         && err.status().is_none_or(status_is_retryable);
-    let what = if is_tls_error(&err) { format!("TLS handshake failed while {what}") } else { what.to_owned() };
+    let what =
+        if is_tls_error(&err) { format!("TLS handshake failed while {what}") } else { what.to_owned() };
     Error::Network { what, url: url.to_string(), retryable, source: Some(Box::new(err.without_url())) }
 }
 
 /// Whether a rustls error (untrusted certificate, bad name, protocol) is in the chain.
-/// `io::Error` hides its inner error from `source()`, so look inside it explicitly.
+/// `io::Error` hides the error it wraps from `source()` (and the TLS stack nests one
+/// `io::Error` in another), so look inside each one explicitly.
 fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(err);
     while let Some(e) = cause {
         if e.is::<rustls::Error>() {
             return true;
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
-        {
-            return true;
-        }
-        cause = e.source();
+        cause = match e.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     false
 }
@@ -294,7 +297,10 @@ mod tests {
 
     #[test]
     fn content_range_forms() {
-        assert_eq!(ContentRange::parse("bytes 0-99/1000"), Some(ContentRange { start: 0, end: 99, total: Some(1000) }));
+        assert_eq!(
+            ContentRange::parse("bytes 0-99/1000"),
+            Some(ContentRange { start: 0, end: 99, total: Some(1000) })
+        );
         assert_eq!(ContentRange::parse("bytes 5-9/*"), Some(ContentRange { start: 5, end: 9, total: None }));
         assert_eq!(ContentRange::parse("bytes 9-5/100"), None);
         assert_eq!(ContentRange::parse("bytes 0-100/100"), None);

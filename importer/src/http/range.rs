@@ -134,7 +134,9 @@ impl HttpReadAt {
         if !sequential {
             return;
         }
-        let last = index.saturating_add(self.shared.opts.readahead_blocks as u64).min(self.blocks().saturating_sub(1));
+        let last = index
+            .saturating_add(self.shared.opts.readahead_blocks as u64)
+            .min(self.blocks().saturating_sub(1));
         for next in index + 1..=last {
             if !state.blocks.contains_key(&next) && !self.schedule(state, next, false) {
                 break;
@@ -229,7 +231,10 @@ impl Shared {
         if response.status() != StatusCode::PARTIAL_CONTENT {
             return Err(Error::Protocol {
                 url: self.url.to_string(),
-                message: format!("answered {} to a Range request after serving ranges before", response.status()),
+                message: format!(
+                    "answered {} to a Range request after serving ranges before",
+                    response.status()
+                ),
             });
         }
         let range = ContentRange::of(&self.url, &response)?;
@@ -248,7 +253,10 @@ impl Shared {
                     if buf.len() + bytes.len() > want {
                         return Err(Error::Protocol {
                             url: self.url.to_string(),
-                            message: format!("sent more than the {} bytes of range {from}-{end}", end - from + 1),
+                            message: format!(
+                                "sent more than the {} bytes of range {from}-{end}",
+                                end - from + 1
+                            ),
                         });
                     }
                     buf.extend_from_slice(&bytes);
@@ -256,7 +264,10 @@ impl Shared {
                 Ok(None) if buf.len() == want => return Ok(()),
                 Ok(None) => {
                     return Err(Error::Network {
-                        what: format!("connection closed at byte {} of range {from}-{end} of", start + buf.len() as u64),
+                        what: format!(
+                            "connection closed at byte {} of range {from}-{end} of",
+                            start + buf.len() as u64
+                        ),
                         url: self.url.to_string(),
                         retryable: true,
                         source: None,

@@ -70,8 +70,17 @@ impl Body {
             final_url: http.url().clone(),
             validator: Validator::default(),
         };
-        let mut body =
-            Self { http, progress, response: None, info, offset: 0, skip: 0, started: false, failures: 0, last_error: None };
+        let mut body = Self {
+            http,
+            progress,
+            response: None,
+            info,
+            offset: 0,
+            skip: 0,
+            started: false,
+            failures: 0,
+            last_error: None,
+        };
         body.connect().await?;
         Ok(body)
     }
