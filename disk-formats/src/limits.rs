@@ -46,3 +46,8 @@ pub const MAX_BACKING_FILE_NAME_BYTES: u64 = 1023;
 /// 2 MiB, so a frame never needs more than 4 MiB of window; this bounds the decoder's memory
 /// against hostile frame headers.
 pub const QCOW2_ZSTD_MAX_WINDOW_LOG: u32 = 22;
+
+/// Largest zstd window accepted, as a power of two: 128 MiB, zstd's own default limit. Frames made
+/// with `zstd --long=28` or more need more memory and are refused (as `zstd -d` does without
+/// `--memory`), so a hostile frame cannot make us allocate gigabytes.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;

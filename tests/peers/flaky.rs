@@ -23,6 +23,8 @@ pub enum Behaviour {
     Status(u16),
     /// Close the connection without answering.
     Close,
+    /// The whole (ranged) body, but with another ETag: the object changed on the server.
+    NewVersion,
 }
 
 /// One request as the server saw it: its Range header and the status it got.
@@ -56,7 +58,11 @@ impl FlakyServer {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let shared = Arc::new(Shared {
-            etag: format!("\"{}-{}\"", data.len(), data.iter().take(4096).map(|&b| u64::from(b)).sum::<u64>()),
+            etag: format!(
+                "\"{}-{}\"",
+                data.len(),
+                data.iter().take(4096).map(|&b| u64::from(b)).sum::<u64>()
+            ),
             data,
             schedule,
             default,
@@ -129,12 +135,15 @@ fn serve(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
             write!(stream, "HTTP/1.1 {code} Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
             return stream.shutdown(Shutdown::Both);
         }
-        Behaviour::Full | Behaviour::Truncate(_) => {}
+        Behaviour::Full | Behaviour::Truncate(_) | Behaviour::NewVersion => {}
     }
     let (start, end) = match range.as_deref().and_then(parse_range) {
         Some((start, end)) if start < len => (start, end.unwrap_or(len - 1).min(len - 1)),
         Some(_) => {
-            write!(stream, "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+            write!(
+                stream,
+                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
             return stream.shutdown(Shutdown::Both);
         }
         None => (0, len - 1),
@@ -148,7 +157,7 @@ fn serve(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     head.push_str(&format!(
         "Content-Length: {}\r\nAccept-Ranges: bytes\r\nETag: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
         body.len(),
-        shared.etag
+        if behaviour == Behaviour::NewVersion { "\"v2\"" } else { &shared.etag }
     ));
     stream.write_all(head.as_bytes())?;
     let send = match behaviour {
