@@ -668,17 +668,7 @@ mod tests {
 
     impl Image for FakeImage {
         fn info(&self) -> ImageInfo {
-            ImageInfo {
-                format: "fake".into(),
-                virtual_size: self.content.len() as u64,
-                file_size: 0,
-                version: None,
-                cluster_size: None,
-                compression_type: None,
-                features: Vec::new(),
-                snapshots: Vec::new(),
-                compression_wrappers: Vec::new(),
-            }
+            ImageInfo::plain("fake", self.content.len() as u64, 0)
         }
 
         fn virtual_size(&self) -> u64 {

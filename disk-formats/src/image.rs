@@ -65,6 +65,23 @@ pub struct ImageInfo {
     pub compression_wrappers: Vec<String>,
 }
 
+impl ImageInfo {
+    /// Facts about an image with no version, clusters, features or snapshots (raw-like).
+    pub fn plain(format: impl Into<String>, virtual_size: u64, file_size: u64) -> Self {
+        Self {
+            format: format.into(),
+            virtual_size,
+            file_size,
+            version: None,
+            cluster_size: None,
+            compression_type: None,
+            features: Vec::new(),
+            snapshots: Vec::new(),
+            compression_wrappers: Vec::new(),
+        }
+    }
+}
+
 /// One internal snapshot.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SnapshotInfo {

@@ -35,17 +35,7 @@ impl RawImage {
 
 impl Image for RawImage {
     fn info(&self) -> ImageInfo {
-        ImageInfo {
-            format: self.format.name().to_owned(),
-            virtual_size: self.size,
-            file_size: self.file_size,
-            version: None,
-            cluster_size: None,
-            compression_type: None,
-            features: Vec::new(),
-            snapshots: Vec::new(),
-            compression_wrappers: Vec::new(),
-        }
+        ImageInfo::plain(self.format.name(), self.size, self.file_size)
     }
 
     fn virtual_size(&self) -> u64 {
@@ -78,7 +68,7 @@ impl Image for RawImage {
 
 /// Rounds a byte count up to a whole 512-byte sector (saturating).
 pub fn round_up_to_sector(bytes: u64) -> u64 {
-    bytes.checked_next_multiple_of(512).unwrap_or(u64::MAX & !511)
+    bytes.checked_next_multiple_of(512).unwrap_or(!511)
 }
 
 #[cfg(test)]

@@ -27,17 +27,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             // The size of a compressed raw disk is only known by decompressing it (streamed).
             let size = io::copy(&mut sniffed.reader, &mut io::sink())
                 .map_err(|e| disk_formats::Error::invalid(format!("reading the compressed stream: {e}")))?;
-            ImageInfo {
-                format: sniffed.format.name().to_owned(),
-                virtual_size: size,
-                file_size,
-                version: None,
-                cluster_size: None,
-                compression_type: None,
-                features: Vec::new(),
-                snapshots: Vec::new(),
-                compression_wrappers: Vec::new(),
-            }
+            ImageInfo::plain(sniffed.format.name(), size, file_size)
         } else {
             let scratch = ScratchOptions { dir: &args.scratch_dir };
             let unpacked =
