@@ -113,6 +113,7 @@ peak_mib() {
     cut -d' ' -f2 "$1" | sort -n | tail -1 | awk '{ printf "%.0f", $1 / 1024 }'
 }
 
+load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
 log "diskplane: $DISKPLANE"
 log "runs: $runs per tool and input, alternating; page cache: $cache; durable: $durable"
 
@@ -163,7 +164,13 @@ done
 
 echo
 echo "diskplane convert vs qemu-img convert -O raw: $runs runs each, median wall s, page cache $cache," \
-    "durable $durable, $(nproc) CPUs, output on $(df --output=fstype "$out" | tail -1 | tr -d ' ')"
+    "durable $durable, $(nproc) CPUs, output on $(df --output=fstype "$out" | tail -1 | tr -d ' ')," \
+    "load average $load_start at start, $(cut -d' ' -f1-3 /proc/loadavg) at end"
+if [ "$durable" != 1 ]; then
+    echo "note: durable 0 times each command alone; if diskplane flushes its output (fdatasync) and" \
+        "qemu-img does not (its default), diskplane's times include writeback that qemu-img's do not:" \
+        "DURABLE=1 compares equal work"
+fi
 printf '%-22s %9s %9s %6s %7s %12s %12s %8s %7s\n' input qemu-img diskplane ratio target \
     "qemu du KiB" "ours du KiB" "RSS MiB" sha-eq
 printf '%s\n' "${rows[@]}"

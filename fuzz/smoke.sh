@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds every fuzz target and runs each for a few seconds; prints executions per target.
 #
-# Usage: fuzz/smoke.sh [SECONDS_PER_TARGET] [TARGET...]      (default 20 s, every target)
+# Usage: fuzz/smoke.sh [SECONDS_PER_TARGET] [TARGET...]   (default $FUZZ_SECONDS or 20 s; all targets)
 #   e.g. fuzz/smoke.sh 5                 # CI: ~5 s per target after the build
 #        fuzz/smoke.sh 600 qcow2_open    # a longer session on one target
 #
@@ -20,7 +20,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
-secs="${1:-20}"
+secs="${1:-${FUZZ_SECONDS:-20}}"
 shift || true
 export RUSTC_BOOTSTRAP=1
 sanitizer="${FUZZ_SANITIZER:-address}"

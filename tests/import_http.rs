@@ -587,3 +587,11 @@ fn an_object_that_changes_while_resuming_fails_at_once() {
     assert_failed(&run, 1, "changed during the import: ETag was", dir.path());
     assert_eq!(server.seen().len(), 2, "a changed object is not retried");
 }
+
+#[test]
+fn qcow2_with_a_backing_file_is_denied_without_range_support_too() {
+    let nginx = Nginx::start();
+    let (dir, out) = out_dir();
+    let run = import(&nginx.url("noranges/hostile.qcow2"), &out, &[]);
+    assert_failed(&run, 5, "backing file", dir.path());
+}

@@ -512,6 +512,7 @@ fn write_batches(
             }
         }
         runs.flush()?;
+        target.start_writeback(batch.offset, batch.len as u64);
         if let Some(progress) = &opts.progress {
             progress(batch.len as u64);
         }

@@ -126,6 +126,13 @@ pub trait WriteAt: Send + Sync {
     /// The capacity of the target in bytes.
     fn capacity(&self) -> u64;
 
+    /// Hints that `[offset, offset + len)` is complete: the target may start writing it back
+    /// to stable storage now, overlapping the device's work with the rest of the transfer
+    /// instead of leaving it all to the final flush.
+    fn start_writeback(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
+
     /// Copies `len` bytes from `src` at `src_offset` to `offset` inside the kernel when both
     /// sides allow it. Returns `Ok(false)` when it cannot (the caller then copies by hand).
     fn copy_from_file(&self, src: &File, src_offset: u64, offset: u64, len: u64) -> io::Result<bool> {

@@ -245,6 +245,9 @@ async fn convert_streamed(
         let sniffed = sniff(Box::new(reader.clone()))?;
         let (format, wrappers) = (sniffed.format, sniffed.wrappers.clone());
         check_convertible(format)?;
+        if format == Format::Qcow2 {
+            precheck_qcow2_header(&sniffed.head, &open)?;
+        }
         let volume = Volume::create(&target, None, open.max_virtual_size, &create)?;
         let stats =
             convert_sniffed(sniffed, &volume, &ScratchOptions { dir: &scratch_dir }, &open, &convert)?;
@@ -280,6 +283,20 @@ async fn convert_streamed(
     }
 }
 
+/// Refuses a hostile or unsupported qcow2 from its first bytes, before the whole image is
+/// unpacked to scratch: the header (backing file, encryption, size) lies in the head, and
+/// opening the head alone reports those refusals reliably. Any other error (typically the
+/// tables lying beyond the head) is left to the real open after unpacking.
+fn precheck_qcow2_header(head: &[u8], open: &OpenOptions) -> Result<()> {
+    use disk_formats::ErrorKind;
+    match open_as(Arc::new(head.to_vec()), Format::Qcow2, open) {
+        Err(e) if matches!(e.kind(), ErrorKind::Denied | ErrorKind::Unsupported | ErrorKind::TooLarge) => {
+            Err(e.into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Formats the stream path can convert today (raw and ISO directly, qcow2 via scratch). Others
 /// are refused before anything is downloaded to scratch; extend this list as
 /// `disk_formats::open_as` learns formats.
@@ -295,6 +312,23 @@ fn check_convertible(format: Format) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_import_future_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let opts = ImportOptions {
+            http: HttpOptions::default(),
+            checksum: None,
+            open: OpenOptions::default(),
+            convert: ConvertOptions::default(),
+            create: CreateOptions::default(),
+            scratch_dir: PathBuf::from("/tmp"),
+            progress: Arc::default(),
+        };
+        let source: Source = "http://127.0.0.1:9/x".parse().expect("url");
+        let future = import(&source, Path::new("/nonexistent/out"), &opts);
+        assert_send(&future);
+    }
 
     #[test]
     fn registry_sources_are_refused_for_now() {

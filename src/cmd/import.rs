@@ -69,6 +69,9 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
 }
 
 pub fn run(args: &ImportArgs) -> Result<()> {
+    // The one rustls crypto provider of the binary (aws-lc-rs, see importer::tls); move this
+    // to main() once another TLS user (kube, oci-client) joins.
+    importer::tls::install_crypto_provider();
     let source: Source = args.source.parse()?;
     let password = match &args.password_file {
         Some(path) => Some(read_password(path)?),

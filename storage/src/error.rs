@@ -28,7 +28,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// The block device is smaller than what has to go on it.
-    #[error("{}: {needed} bytes do not fit on the block device of {capacity} bytes", path.display())]
+    #[error("{}: image of {needed} bytes is larger than the block device's capacity of {capacity} bytes", path.display())]
     DeviceTooSmall {
         /// The device.
         path: PathBuf,

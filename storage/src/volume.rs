@@ -333,6 +333,13 @@ impl WriteAt for Volume {
         self.capacity
     }
 
+    /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts writeback of a finished range so the
+    /// final `fdatasync` does not have to write the whole volume at once (with a large page
+    /// cache the kernel would otherwise start writing only at the end). Best effort.
+    fn start_writeback(&self, offset: u64, len: u64) {
+        let _ = sys::start_writeback(&self.file, offset, len);
+    }
+
     /// `copy_file_range` from `src`; `Ok(false)` when the kernel cannot copy between these
     /// files (different file systems on older kernels, a block device, no support), so that
     /// the caller copies by hand.

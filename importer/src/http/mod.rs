@@ -101,7 +101,7 @@ pub struct RangeOptions {
 impl Default for RangeOptions {
     /// 4 MiB × 12 blocks (48 MiB at most), 4 blocks ahead.
     fn default() -> Self {
-        Self { block_size: 4 << 20, cache_blocks: 12, readahead_blocks: 4 }
+        Self { block_size: 4 << 20, cache_blocks: 8, readahead_blocks: 4 }
     }
 }
 

@@ -55,6 +55,10 @@ struct CacheState {
     failure: Option<Error>,
     /// Its one-line text, kept for every later read.
     failed: Option<String>,
+    /// Buffers of evicted blocks, reused for the next fetches: a steady set of block-sized
+    /// buffers instead of a stream of 4 MiB allocations (which glibc's malloc tends to keep
+    /// around in per-thread arenas).
+    free: Vec<BytesMut>,
 }
 
 #[derive(Debug)]
@@ -159,45 +163,84 @@ impl HttpReadAt {
                 .min();
             match victim {
                 Some((_, i)) => {
-                    state.blocks.remove(&i);
+                    if let Some(Slot::Ready { data, .. }) = state.blocks.remove(&i)
+                        && let Ok(mut buf) = data.try_into_mut()
+                        && state.free.len() <= self.shared.opts.readahead_blocks
+                    {
+                        buf.clear();
+                        state.free.push(buf);
+                    }
                 }
                 None if !demand => return false,
                 None => {}
             }
         }
         state.blocks.insert(index, Slot::Loading);
-        let shared = Arc::clone(&self.shared);
+        let buf = state.free.pop().unwrap_or_default();
+        let guard = Landing { shared: Arc::clone(&self.shared), index, landed: false };
         self.shared.runtime.spawn(async move {
-            let result = shared.fetch(index).await;
-            let mut state = lock(&shared.state);
-            match result {
-                Ok(data) => {
-                    state.tick += 1;
-                    let used = state.tick;
-                    state.blocks.insert(index, Slot::Ready { data, used });
-                }
-                Err(err) => {
-                    state.blocks.remove(&index);
-                    if state.failed.is_none() {
-                        state.failed = Some(one_line(&err));
-                        state.failure = Some(err);
-                    }
-                }
-            }
-            drop(state);
-            shared.ready.notify_all();
+            let result = guard.shared.fetch(index, buf).await;
+            guard.land(result);
         });
         true
     }
 }
 
+/// Puts a fetched block (or the failure) into the cache and wakes the readers. Dropped
+/// without landing (the runtime shut down under the fetch), it records a failure instead, so
+/// no reader waits forever for a block that will never come.
+struct Landing {
+    shared: Arc<Shared>,
+    index: u64,
+    landed: bool,
+}
+
+impl Landing {
+    fn land(mut self, result: Result<Bytes>) {
+        self.landed = true;
+        let mut state = lock(&self.shared.state);
+        match result {
+            Ok(data) => {
+                state.tick += 1;
+                let used = state.tick;
+                state.blocks.insert(self.index, Slot::Ready { data, used });
+            }
+            Err(err) => {
+                state.blocks.remove(&self.index);
+                if state.failed.is_none() {
+                    state.failed = Some(one_line(&err));
+                    state.failure = Some(err);
+                }
+            }
+        }
+        drop(state);
+        self.shared.ready.notify_all();
+    }
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        if self.landed {
+            return;
+        }
+        let mut state = lock(&self.shared.state);
+        state.blocks.remove(&self.index);
+        if state.failed.is_none() {
+            state.failed = Some(format!("reading a range of {} was cancelled", self.shared.url));
+        }
+        drop(state);
+        self.shared.ready.notify_all();
+    }
+}
+
 impl Shared {
-    /// Fetches block `index` whole, resuming inside it after transient failures.
-    async fn fetch(&self, index: u64) -> Result<Bytes> {
+    /// Fetches block `index` whole into `buf` (empty, possibly recycled), resuming inside the
+    /// block after transient failures.
+    async fn fetch(&self, index: u64, mut buf: BytesMut) -> Result<Bytes> {
         let start = index * self.opts.block_size;
         let end = start.saturating_add(self.opts.block_size).min(self.size);
         let len = usize::try_from(end - start).map_err(|_| Error::config("range block size too large"))?;
-        let mut buf = BytesMut::with_capacity(len);
+        buf.reserve(len);
         let mut failures = 0u32;
         loop {
             let before = buf.len();

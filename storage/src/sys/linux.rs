@@ -49,6 +49,21 @@ pub fn datasync(file: &File) -> io::Result<()> {
     Ok(rustix::fs::fdatasync(file)?)
 }
 
+/// Starts writing back the dirty pages of `[offset, offset + len)` without waiting for them
+/// (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`). Not a durability guarantee: `datasync`
+/// still has to follow.
+#[allow(unsafe_code)]
+pub fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len)) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    // SAFETY: `file` is an open descriptor for the duration of the call; sync_file_range reads
+    // no memory of ours, it only takes integers.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 /// One `copy_file_range` call: copies up to `len` bytes, advancing both offsets; returns how
 /// many bytes were copied (0 at the end of `src`).
 pub fn copy_range(
