@@ -11,9 +11,11 @@
 #                   `sync; echo 3 > drop_caches` before every run, so each run reads its input
 #                   from disk. warm (the fallback): the input is read once with cat before every
 #                   run, so each run reads it from the page cache.
-#   DURABLE=0|1     1: time `CMD && sync OUT` for both tools (data on disk). Default 0 times the
-#                   command alone: qemu-img convert does not fsync its output by default. An
-#                   untimed `sync` runs between runs either way, so writeback never spills over.
+#   DURABLE=1|0     1 (default): time `CMD && sync OUT` for both tools, so both have the data on
+#                   disk when the clock stops (diskplane fsyncs before it reports success;
+#                   qemu-img convert's default cache mode never flushes). 0 times the commands
+#                   alone, which charges our fsync to us only. An untimed `sync` runs between
+#                   runs either way, so writeback never spills over.
 #   DISKPLANE=PATH  the binary to test (default: `cargo build --release`, target/release/diskplane)
 #   BENCH_OUT=DIR   inputs and outputs (default bench/out, gitignored). Outputs are written
 #                   there, next to the inputs, and deleted after every run.
@@ -33,7 +35,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
 out="${BENCH_OUT:-$here/out}"
 runs="${RUNS:-3}"
-durable="${DURABLE:-0}"
+durable="${DURABLE:-1}"
 filter="${1:-}"
 log() { echo "bench: $*" >&2; }
 

@@ -3,6 +3,7 @@
 
 mod cmd;
 mod exit;
+mod output;
 mod size;
 
 use std::path::PathBuf;

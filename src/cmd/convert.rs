@@ -2,7 +2,6 @@
 
 use std::fs::File;
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -11,6 +10,7 @@ use disk_formats::{OpenOptions, ReadAt, limits, open_as, probe::probe, read_head
 use storage::{CreateOptions, Preallocation, Volume};
 
 use crate::ConvertArgs;
+use crate::output::Output;
 
 /// `--preallocation` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -41,7 +41,7 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     if format.is_compression() {
         let scratch_dir = match &args.scratch_dir {
             Some(dir) => dir.clone(),
-            None => out.dir(),
+            None => out.scratch_dir(),
         };
         let reader = BufReader::with_capacity(1 << 20, file);
         let sniffed = sniff(Box::new(reader))?;
@@ -60,69 +60,4 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         volume.finish()?;
     }
     out.commit()
-}
-
-/// Where the output is written: block devices in place; files under a temporary name in the
-/// same directory, renamed over OUT only after success and deleted on failure, so a rejected
-/// image never leaves (or clobbers) an output file.
-struct Output {
-    final_path: PathBuf,
-    write_path: PathBuf,
-    in_place: bool,
-    committed: bool,
-}
-
-impl Output {
-    fn prepare(out: &Path) -> Result<Self> {
-        if out.is_dir() {
-            anyhow::bail!("output {} is a directory", out.display());
-        }
-        if storage::is_block_device(out) {
-            return Ok(Self {
-                final_path: out.into(),
-                write_path: out.into(),
-                in_place: true,
-                committed: false,
-            });
-        }
-        let name = out.file_name().with_context(|| format!("output {} has no file name", out.display()))?;
-        let mut partial = std::ffi::OsString::from(".");
-        partial.push(name);
-        partial.push(format!(".diskplane-partial-{}", std::process::id()));
-        Ok(Self {
-            final_path: out.into(),
-            write_path: out.with_file_name(partial),
-            in_place: false,
-            committed: false,
-        })
-    }
-
-    fn dir(&self) -> PathBuf {
-        match self.final_path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        }
-    }
-
-    fn commit(mut self) -> Result<()> {
-        if !self.in_place {
-            std::fs::rename(&self.write_path, &self.final_path).with_context(|| {
-                format!("renaming the output into place at {}", self.final_path.display())
-            })?;
-            // The new name must survive a crash too.
-            File::open(self.dir())
-                .and_then(|dir| dir.sync_all())
-                .with_context(|| format!("flushing the directory of {}", self.final_path.display()))?;
-        }
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for Output {
-    fn drop(&mut self) {
-        if !self.committed && !self.in_place {
-            let _ = std::fs::remove_file(&self.write_path);
-        }
-    }
 }

@@ -17,6 +17,7 @@ use disk_formats::convert::ConvertOptions;
 use importer::{Checksum, HttpOptions, ImportOptions, Progress, RetryPolicy, Source};
 use storage::CreateOptions;
 
+use crate::output::Output;
 use crate::size;
 
 #[derive(Debug, clap::Args)]
@@ -149,72 +150,6 @@ fn render(s: &importer::Snapshot) -> String {
             format!("{done:.1} / {:.1} MiB  {pct:5.1}%  {:.1} MiB/s", mib(total as f64), mib(s.rate))
         }
         _ => format!("{done:.1} MiB  {:.1} MiB/s", mib(s.rate)),
-    }
-}
-
-/// Where the output is written (the same scheme as `convert`): block devices in place; files
-/// under a temporary name in the same directory, renamed over OUT only after success and
-/// deleted on failure.
-struct Output {
-    final_path: PathBuf,
-    write_path: PathBuf,
-    in_place: bool,
-    committed: bool,
-}
-
-impl Output {
-    fn prepare(out: &Path) -> Result<Self> {
-        if out.is_dir() {
-            anyhow::bail!("output {} is a directory", out.display());
-        }
-        if storage::is_block_device(out) {
-            return Ok(Self {
-                final_path: out.into(),
-                write_path: out.into(),
-                in_place: true,
-                committed: false,
-            });
-        }
-        let name = out.file_name().with_context(|| format!("output {} has no file name", out.display()))?;
-        let mut partial = std::ffi::OsString::from(".");
-        partial.push(name);
-        partial.push(format!(".diskplane-partial-{}", std::process::id()));
-        Ok(Self {
-            final_path: out.into(),
-            write_path: out.with_file_name(partial),
-            in_place: false,
-            committed: false,
-        })
-    }
-
-    /// Next to OUT for files; the system temporary directory for block devices (their
-    /// directory is /dev).
-    fn scratch_dir(&self) -> PathBuf {
-        if self.in_place {
-            return std::env::temp_dir();
-        }
-        match self.final_path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        }
-    }
-
-    fn commit(mut self) -> Result<()> {
-        if !self.in_place {
-            std::fs::rename(&self.write_path, &self.final_path).with_context(|| {
-                format!("renaming the output into place at {}", self.final_path.display())
-            })?;
-        }
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for Output {
-    fn drop(&mut self) {
-        if !self.committed && !self.in_place {
-            let _ = std::fs::remove_file(&self.write_path);
-        }
     }
 }
 
