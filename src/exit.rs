@@ -20,6 +20,9 @@ fn kind(err: &anyhow::Error) -> Option<ErrorKind> {
         if let Some(e) = e.downcast_ref::<disk_formats::Error>() {
             return Some(e.kind());
         }
+        if let Some(e) = e.downcast_ref::<cloner::Error>() {
+            return Some(e.kind());
+        }
         if let Some(e) = e.downcast_ref::<importer::Error>() {
             return Some(e.kind());
         }

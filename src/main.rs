@@ -29,6 +29,9 @@ enum Command {
     /// Import an HTTP(S) image onto a file or block device: raw and gz/xz/zst-compressed
     /// images stream straight in, qcow2 is read in place by Range requests.
     Import(cmd::import::ImportArgs),
+    /// Clone a volume (file or block device): reflink, sparse copy or stream, chosen
+    /// automatically and reported; or host-assisted between two processes over TLS.
+    Clone(cmd::clone::CloneArgs),
 }
 
 /// How `info` prints.
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Info(args) => cmd::info::run(&args),
         Command::Convert(args) => cmd::convert::run(&args),
         Command::Import(args) => cmd::import::run(&args),
+        Command::Clone(args) => cmd::clone::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

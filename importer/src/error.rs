@@ -89,6 +89,20 @@ pub enum Error {
     /// announced).
     #[error("{0}")]
     TooLarge(String),
+    /// A `docker://` source failed: image not found, authentication, TLS trust, a blob digest
+    /// mismatch ([`ErrorKind::Checksum`]), no disk under `disk/` (see `registry`).
+    #[error("{message}")]
+    Registry {
+        /// What went wrong, naming the image, blob or registry.
+        message: String,
+        /// The kind the edges map.
+        kind: ErrorKind,
+        /// Whether a later attempt may help.
+        retryable: bool,
+        /// The client error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// Reading or converting the image failed (its message names offset and field).
     #[error(transparent)]
     Format(#[from] disk_formats::Error),
@@ -107,6 +121,7 @@ impl Error {
             Error::TooLarge(_) => ErrorKind::TooLarge,
             Error::Format(e) => e.kind(),
             Error::Storage(e) => e.kind(),
+            Error::Registry { kind, .. } => *kind,
             Error::Config { .. }
             | Error::Status { .. }
             | Error::Network { .. }
@@ -124,6 +139,7 @@ impl Error {
             Error::Network { retryable, .. } => *retryable,
             Error::Status { status, .. } => status_is_retryable(*status),
             Error::RetriesExhausted { .. } => true,
+            Error::Registry { retryable, .. } => *retryable,
             _ => false,
         }
     }

@@ -21,6 +21,7 @@ use reqwest::Url;
 use storage::{CreateOptions, Volume};
 use tokio::sync::mpsc;
 
+use crate::archive::{ArchiveLimits, ArchiveStats, extract_archive_then};
 use crate::checksum::Checksum;
 use crate::error::{Error, Result};
 use crate::http::range::HttpReadAt;
@@ -39,8 +40,8 @@ pub enum Source {
 impl FromStr for Source {
     type Err = Error;
 
-    /// Parses `http://…` / `https://…`. `docker://` is recognised and refused until registry
-    /// imports exist.
+    /// Parses `http://…` / `https://…`. `docker://` is recognised and refused here: registry
+    /// sources are imported by [`crate::registry`].
     fn from_str(text: &str) -> Result<Self> {
         let scheme = text.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         match scheme.as_deref() {
@@ -49,7 +50,7 @@ impl FromStr for Source {
                     Url::parse(text).map_err(|e| Error::config_with(format!("invalid URL {text:?}"), e))?;
                 Ok(Source::Http(url))
             }
-            Some("docker" | "oci") => Err(Error::Source("registry sources are not supported yet".into())),
+            Some("docker" | "oci") => Err(Error::Source(format!("{text} is a registry source: import it with importer::registry"))),
             Some(other) => {
                 Err(Error::Source(format!("unsupported source scheme {other}:// (use http:// or https://)")))
             }
@@ -165,6 +166,80 @@ pub async fn import(source: &Source, target: &Path, opts: &ImportOptions) -> Res
     stats.retries = snapshot.retries;
     stats.range_requests = snapshot.range_requests;
     Ok(stats)
+}
+
+/// [`import_archive`] on its own tokio runtime; call from synchronous code.
+///
+/// # Errors
+/// See [`import_archive`].
+pub fn import_archive_blocking(
+    source: &Source,
+    target: &Path,
+    opts: &ImportOptions,
+    limits: &ArchiveLimits,
+) -> Result<ArchiveStats> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("importer-net")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::config_with("starting the I/O runtime", e))?;
+    runtime.block_on(import_archive(source, target, opts, limits))
+}
+
+/// Imports `source` as `contentType: archive`: a tar, optionally gzip/xz/zstd-compressed,
+/// streamed and extracted into the directory `target` (absent or empty). The checksum, when
+/// given, is verified before the target is filled; on any error the target is unchanged.
+///
+/// # Errors
+/// As [`import`], plus the archive's own refusals (see [`crate::archive`]): not a tar,
+/// entries leaving the target, device nodes, content beyond `limits`.
+pub async fn import_archive(
+    source: &Source,
+    target: &Path,
+    opts: &ImportOptions,
+    limits: &ArchiveLimits,
+) -> Result<ArchiveStats> {
+    let Source::Http(url) = source;
+    let http = Arc::new(Http::new(url.clone(), &opts.http)?);
+    let mut body = Body::open(http, Arc::clone(&opts.progress)).await?;
+    let head = body.read_head(limits::PROBE_BYTES).await?;
+    let (tx, rx) = mpsc::channel(stream::CHANNEL_CHUNKS);
+    let producer =
+        tokio::spawn(stream::produce(body, head, opts.checksum.clone(), tx, Arc::clone(&opts.progress)));
+    let target = target.to_path_buf();
+    let limits = *limits;
+    let extracted = tokio::task::spawn_blocking(move || -> Result<ArchiveStats> {
+        let mut reader = ChannelReader::new(rx);
+        let sniffed = sniff(Box::new(reader.clone()))?;
+        if !is_tar(sniffed.format, &sniffed.head) {
+            return Err(Error::Format(disk_formats::Error::invalid(format!(
+                "contentType archive needs a tar archive, but the source holds {}",
+                if sniffed.format.is_raw() { "no tar header".to_string() } else { sniffed.format.to_string() }
+            ))));
+        }
+        extract_archive_then(sniffed.reader, &target, &limits, || {
+            // The rest (tar padding) is hashed too; the end arrives only if the checksum matched.
+            reader.drain().map_err(|e| disk_formats::Error::io("reading the end of the download", e))?;
+            Ok(())
+        })
+    })
+    .await
+    .map_err(|e| Error::config_with("the extraction thread failed", e))?;
+    let produced = producer.await.map_err(|e| Error::config_with("the download task failed", e))?;
+    match (extracted, produced) {
+        (_, Err(download)) => Err(download),
+        (Err(extract), _) => Err(extract),
+        (Ok(stats), Ok(Outcome::Complete)) => Ok(stats),
+        (Ok(_), Ok(Outcome::ReceiverGone)) => {
+            Err(Error::config("the extraction finished before the download did (internal error)"))
+        }
+    }
+}
+
+/// A POSIX (ustar) or GNU tar header: `ustar` at byte 257.
+fn is_tar(format: Format, head: &[u8]) -> bool {
+    format.is_raw() && head.get(257..262) == Some(b"ustar".as_slice())
 }
 
 /// Fails before downloading when the announced size already exceeds the limit: a raw object's
@@ -331,9 +406,9 @@ mod tests {
     }
 
     #[test]
-    fn registry_sources_are_refused_for_now() {
-        let err = "docker://quay.io/containerdisks/fedora:40".parse::<Source>().expect_err("refused");
-        assert_eq!(err.to_string(), "registry sources are not supported yet");
+    fn registry_sources_are_not_http_sources() {
+        let err = "docker://127.0.0.1:9/containerdisks/fedora:40".parse::<Source>().expect_err("refused");
+        assert!(err.to_string().contains("is a registry source"), "{err}");
         assert_eq!(err.kind(), disk_formats::ErrorKind::Unsupported);
     }
 

@@ -1,10 +1,10 @@
 //! # importer
 //!
-//! Bytes from the world onto volumes. Today: HTTP(S) sources, streamed with resume or read in
-//! place through Range requests. Later: OCI registry containerDisks (`docker://`).
+//! Bytes from the world onto volumes: HTTP(S) sources, streamed with resume or read in place
+//! through Range requests, and OCI registry containerDisks (`docker://`, in [`registry`]).
 //!
 //! ## Main types
-//! - [`Source`]: what to import (`http://`, `https://`; `docker://` is refused for now).
+//! - [`Source`]: an HTTP(S) source; `docker://` sources go to [`registry::import_registry`].
 //! - [`ImportOptions`]: TLS, credentials, headers, retries ([`HttpOptions`], [`RetryPolicy`]),
 //!   [`Checksum`], limits, target creation, scratch directory, and the shared [`Progress`].
 //! - [`import`] / [`import_blocking`]: one entry point; returns [`ImportStats`] saying which
@@ -31,17 +31,20 @@
 //! Random access assumes the object does not change while it is read: every range response is
 //! checked against the first response's ETag, Last-Modified and size.
 
+pub mod archive;
 mod checksum;
 mod error;
 mod http;
 mod import;
 mod progress;
+pub mod registry;
 mod retry;
 pub mod tls;
 
 pub use checksum::{Algorithm, Checksum, Hasher};
 pub use error::{BoxError, Error, Result};
 pub use http::{HttpOptions, MAX_REDIRECTS, RangeOptions};
-pub use import::{ImportOptions, ImportStats, Method, Source, import, import_blocking};
+pub use archive::{ArchiveLimits, ArchiveStats};
+pub use import::{ImportOptions, ImportStats, Method, Source, import, import_archive, import_archive_blocking, import_blocking};
 pub use progress::{Progress, Snapshot};
 pub use retry::RetryPolicy;

@@ -22,7 +22,8 @@ use crate::size;
 
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
-    /// The source: http:// or https:// URL (docker:// registry sources come later).
+    /// The source: http:// or https:// URL, or docker://HOST[:PORT]/REPO[:TAG|@DIGEST] (a
+    /// containerDisk: the first file under /disk/).
     source: String,
     /// The output: a file (created or replaced) or a block device.
     out: PathBuf,
@@ -32,9 +33,13 @@ pub struct ImportArgs {
     /// PEM CA bundle, or a directory of PEM files, trusted in addition to the system roots.
     #[arg(long)]
     ca_cert: Option<PathBuf>,
-    /// Do not verify the server's TLS certificate.
+    /// Do not verify the server's TLS certificate (docker://: the registry speaks plain HTTP).
     #[arg(long)]
     insecure: bool,
+    /// docker:// only: the platform to pick from a multi-arch image, OS/ARCH[/VARIANT]
+    /// (default: this host's, e.g. linux/amd64).
+    #[arg(long)]
+    platform: Option<String>,
     /// Basic-auth user name.
     #[arg(long, requires = "password_file")]
     username: Option<String>,
@@ -54,6 +59,19 @@ pub struct ImportArgs {
     /// Retries in a row without progress after a dropped connection or 5xx answer.
     #[arg(long, default_value_t = RetryPolicy::default().max_retries)]
     retries: u32,
+    /// What the source holds, as CDI's `contentType`: `kubevirt` (a disk image) or `archive`
+    /// (a tar, optionally compressed, extracted into the directory OUT; http(s) only).
+    #[arg(long, value_enum, default_value = "kubevirt")]
+    content_type: ContentType,
+}
+
+/// CDI's `contentType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ContentType {
+    /// A disk image, converted to raw.
+    Kubevirt,
+    /// A tar archive extracted into a directory.
+    Archive,
 }
 
 fn parse_checksum(text: &str) -> Result<Checksum, String> {
@@ -73,11 +91,20 @@ pub fn run(args: &ImportArgs) -> Result<()> {
     // The one rustls crypto provider of the binary (aws-lc-rs, see importer::tls); move this
     // to main() once another TLS user (kube, oci-client) joins.
     importer::tls::install_crypto_provider();
-    let source: Source = args.source.parse()?;
+    // docker:// sources go to importer::registry; `None` here means that.
+    let source: Option<Source> =
+        if importer::registry::is_registry_source(&args.source) { None } else { Some(args.source.parse()?) };
+    let platform = match &args.platform {
+        Some(text) => text.parse()?,
+        None => importer::registry::Platform::host(),
+    };
     let password = match &args.password_file {
         Some(path) => Some(read_password(path)?),
         None => None,
     };
+    if args.content_type == ContentType::Archive && source.is_none() {
+        anyhow::bail!(importer::Error::Source("contentType archive is for http(s) sources only".into()));
+    }
     let out = Output::prepare(&args.out)?;
     let progress = Arc::new(Progress::new());
     let opts = ImportOptions {
@@ -98,7 +125,28 @@ pub fn run(args: &ImportArgs) -> Result<()> {
         progress: Arc::clone(&progress),
     };
     let line = ProgressLine::start(progress);
-    let result = importer::import_blocking(&source, &out.write_path, &opts);
+    if let (ContentType::Archive, Some(source)) = (args.content_type, &source) {
+        let limits = importer::ArchiveLimits {
+            max_bytes: args.max_virtual_size,
+            ..importer::ArchiveLimits::default()
+        };
+        let result = importer::import_archive_blocking(source, &args.out, &opts, &limits);
+        line.stop();
+        let stats = result?;
+        eprintln!(
+            "extracted {} files, {} directories, {} symlinks ({} bytes) into {}",
+            stats.files,
+            stats.dirs,
+            stats.symlinks,
+            stats.bytes,
+            args.out.display()
+        );
+        return Ok(());
+    }
+    let result = match &source {
+        Some(source) => importer::import_blocking(source, &out.write_path, &opts),
+        None => importer::registry::import_registry_blocking(&args.source, &out.write_path, &platform, &opts),
+    };
     line.stop();
     result?;
     out.commit()
