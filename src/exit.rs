@@ -23,7 +23,13 @@ fn kind(err: &anyhow::Error) -> Option<ErrorKind> {
         if let Some(e) = e.downcast_ref::<cloner::Error>() {
             return Some(e.kind());
         }
+        if let Some(e) = e.downcast_ref::<uploader::Error>() {
+            return Some(e.kind());
+        }
         if let Some(e) = e.downcast_ref::<importer::Error>() {
+            return Some(e.kind());
+        }
+        if let Some(e) = e.downcast_ref::<launcher::Error>() {
             return Some(e.kind());
         }
         e.downcast_ref::<storage::Error>().map(storage::Error::kind)

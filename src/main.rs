@@ -32,6 +32,23 @@ enum Command {
     /// Clone a volume (file or block device): reflink, sparse copy or stream, chosen
     /// automatically and reported; or host-assisted between two processes over TLS.
     Clone(cmd::clone::CloneArgs),
+    /// Run the embedded mode: state store, storage pool, workers and the HTTP API
+    /// (DataVolumes on one machine, no Kubernetes).
+    Serve(cmd::serve::ServeArgs),
+    /// Create the DataVolumes and DataSources of a (multi-document) YAML manifest.
+    Apply(cmd::apply::ApplyArgs),
+    /// List or show objects (dv, das) as a table, JSON or YAML.
+    Get(cmd::get::GetArgs),
+    /// Delete an object; a DataVolume's volume goes with it.
+    Delete(cmd::delete::DeleteArgs),
+    /// Wait until a DataVolume is Succeeded (non-zero exit when it Failed).
+    Wait(cmd::wait::WaitArgs),
+    /// Upload an image into a DataVolume (like virtctl image-upload), with a progress bar.
+    Upload(cmd::upload::UploadArgs),
+    /// Run a worker role: upload-server (one volume's upload server), upload-token.
+    Worker(cmd::worker::WorkerArgs),
+    /// Boot a VirtualMachine (kubevirt.io/v1) on local volumes with qemu; read its console.
+    Vm(cmd::vm::VmArgs),
 }
 
 /// How `info` prints.
@@ -78,12 +95,22 @@ struct ConvertArgs {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: large buffers go back to the kernel when freed (see storage).
+    storage::bound_allocator_retention();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => cmd::info::run(&args),
         Command::Convert(args) => cmd::convert::run(&args),
         Command::Import(args) => cmd::import::run(&args),
         Command::Clone(args) => cmd::clone::run(&args),
+        Command::Serve(args) => cmd::serve::run(&args),
+        Command::Apply(args) => cmd::apply::run(&args),
+        Command::Get(args) => cmd::get::run(&args),
+        Command::Delete(args) => cmd::delete::run(&args),
+        Command::Wait(args) => cmd::wait::run(&args),
+        Command::Upload(args) => cmd::upload::run(&args),
+        Command::Worker(args) => cmd::worker::run(&args),
+        Command::Vm(args) => cmd::vm::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,9 +29,13 @@
 //! - `s3`, `gcs`, `imageio` and `vddk` sources parse but are rejected as unsupported.
 
 pub mod api;
+pub mod catalog;
+pub mod cron;
+pub mod local;
 pub mod manifest;
 pub mod plan;
 pub mod quantity;
+pub mod server;
 pub mod validate;
 
 pub use manifest::{Manifest, ManifestError, parse_manifests};

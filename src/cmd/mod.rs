@@ -1,6 +1,15 @@
 //! One module per subcommand.
 
+pub mod apply;
+pub mod client;
 pub mod clone;
 pub mod convert;
+pub mod delete;
+pub mod get;
 pub mod import;
 pub mod info;
+pub mod serve;
+pub mod upload;
+pub mod vm;
+pub mod wait;
+pub mod worker;

@@ -32,5 +32,5 @@ mod sys;
 mod volume;
 
 pub use error::{Error, Result};
-pub use sys::{is_block_device, is_unsupported, next_data, reflink};
+pub use sys::{bound_allocator_retention, is_block_device, is_unsupported, next_data, reflink};
 pub use volume::{CreateOptions, Preallocation, Volume};

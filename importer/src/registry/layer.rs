@@ -155,12 +155,17 @@ const PIPE_PIECE_BYTES: usize = 1 << 20;
 /// Streams `entry` into a converter thread that sniffs it and writes the target.
 fn convert_entry(mut entry: impl Read, target: &Target<'_>) -> Result<(Format, Vec<Format>, ConvertStats)> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(PIPE_PIECES);
+    // Read pieces travel back to be filled again: a fixed set of buffers instead of a fresh
+    // 1 MiB allocation per piece, which glibc's per-thread arenas would keep around.
+    let (give_back, returned) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_PIECES + 2);
     std::thread::scope(|scope| {
-        let converter = scope
-            .spawn(move || convert_piped(PipeReader { rx, piece: Vec::new(), pos: 0, ended: false }, target));
+        let converter = scope.spawn(move || {
+            convert_piped(PipeReader { rx, give_back, piece: Vec::new(), pos: 0, ended: false }, target)
+        });
         let mut read_error = None;
         loop {
-            let mut piece = vec![0u8; PIPE_PIECE_BYTES];
+            let mut piece = returned.try_recv().unwrap_or_default();
+            piece.resize(PIPE_PIECE_BYTES, 0);
             match read_full(&mut entry, &mut piece) {
                 Ok(n) => {
                     piece.truncate(n);
@@ -203,6 +208,7 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// an error, so a failed reader can never look like a complete disk.
 struct PipeReader {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    give_back: std::sync::mpsc::SyncSender<Vec<u8>>,
     piece: Vec<u8>,
     pos: usize,
     ended: bool,
@@ -222,7 +228,12 @@ impl Read for PipeReader {
             }
             match self.rx.recv() {
                 Ok(Ok(piece)) if piece.is_empty() => self.ended = true,
-                Ok(Ok(piece)) => (self.piece, self.pos) = (piece, 0),
+                Ok(Ok(piece)) => {
+                    let used = std::mem::replace(&mut self.piece, piece);
+                    self.pos = 0;
+                    // Best effort: when the reader side is gone or full the buffer is dropped.
+                    let _ = self.give_back.try_send(used);
+                }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(io::Error::other("the layer reader stopped before the disk's end")),
             }

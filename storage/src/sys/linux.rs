@@ -64,6 +64,22 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Fixes glibc's mmap threshold at its default 128 KiB, turning off its dynamic growth: once a
+/// large buffer (an 8 MiB conversion window) has been freed, glibc otherwise serves every later
+/// buffer up to that size from per-thread arenas and keeps the freed ones, so a streaming
+/// pipeline whose buffers move between threads grows its resident memory by tens of MiB.
+/// With the threshold fixed, large buffers are mapped and unmapped, and memory stays bounded
+/// by what is in flight. A no-op on other C libraries.
+#[allow(unsafe_code)]
+pub fn bound_allocator_retention() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallopt only changes allocator tuning; it takes integers and touches none of
+        // our memory. Called at start-up, it races with no allocation of ours.
+        let _ = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
+    }
+}
+
 /// One `copy_file_range` call: copies up to `len` bytes, advancing both offsets; returns how
 /// many bytes were copied (0 at the end of `src`).
 pub fn copy_range(

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Hand-run benchmark: uploading an image over loopback to `diskplane worker upload-server` vs
+# writing the same image locally with `diskplane convert` (same machine, same output directory,
+# both flushed to stable storage before they finish).
+#
+# Usage: bench/upload.sh                  (RUNS=3 runs of each path per input)
+#
+# Environment:
+#   RUNS=3          timed runs per path and input (median reported)
+#   DISKPLANE=PATH  the binary to test (default: `cargo build --release`, target/release/diskplane)
+#   BENCH_OUT=DIR   inputs and outputs (default bench/out, gitignored)
+#
+# Inputs (made once, ~1 minute): 2 GiB of 1 MiB random chunks alternating with 1 MiB holes
+#   upload-mixed.raw    as a raw file (2 GiB sent over the wire, zeros included)
+#   upload-mixed.qcow2  the same as qcow2 (qemu-img convert; ~1 GiB of data clusters)
+#
+# Paths:
+#   convert  diskplane convert INPUT OUT
+#   curl     curl -T INPUT (PUT, streamed) to /v1beta1/upload; the sync route answers after the
+#            volume is written, flushed and renamed into place
+#   client   diskplane upload --upload-url --token (our client, same route)
+# Columns: median seconds, ratio = convert / upload (>= 0.8 is the target: upload throughput at
+# least 80% of a local conversion), the server's peak RSS (GNU time %M = VmHWM; target <= 64 MiB)
+# and whether the outputs' sha256 match the local conversion.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$here")"
+out="${BENCH_OUT:-$here/out}"
+runs="${RUNS:-3}"
+log() { echo "bench: $*" >&2; }
+
+for tool in qemu-img curl python3; do
+    command -v "$tool" >/dev/null || { log "$tool not found"; exit 1; }
+done
+if [ ! -x /usr/bin/time ]; then
+    log "installing GNU time"
+    apt-get install -y -q time >/dev/null
+fi
+if [ -z "${DISKPLANE:-}" ]; then
+    log "cargo build --release"
+    (cd "$root" && cargo build --release --quiet --bin diskplane)
+    DISKPLANE="$root/target/release/diskplane"
+fi
+mkdir -p "$out"
+
+if [ ! -s "$out/upload-mixed.qcow2" ] || [ ! -s "$out/upload-mixed.raw" ]; then
+    log "making upload-mixed.raw (2 GiB, ~50% random data) and upload-mixed.qcow2"
+    rm -f "$out/upload-mixed.raw.tmp"
+    truncate -s 2G "$out/upload-mixed.raw.tmp"
+    for ((mib = 0; mib < 2048; mib += 2)); do
+        dd if=/dev/urandom of="$out/upload-mixed.raw.tmp" bs=1M count=1 seek="$mib" conv=notrunc status=none
+    done
+    qemu-img convert -f raw -O qcow2 "$out/upload-mixed.raw.tmp" "$out/upload-mixed.qcow2"
+    mv "$out/upload-mixed.raw.tmp" "$out/upload-mixed.raw"
+fi
+
+tmp="$(mktemp -d)"
+server_pid=""
+cleanup() {
+    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    rm -rf "$tmp"
+    rm -f "$out"/upload-out-*.raw "$out"/.upload-out-*
+}
+trap cleanup EXIT
+head -c 32 /dev/urandom >"$tmp/key"
+
+now() { date +%s.%N; }
+elapsed() { awk -v s="$1" -v e="$(now)" 'BEGIN { print e - s }'; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# server_start OUT: starts an upload server for OUT under GNU time; sets server_pid, base.
+server_start() {
+    rm -f "$tmp/listen"
+    /usr/bin/time -f '%M' -o "$tmp/rss" "$DISKPLANE" worker upload-server --volume "$1" --size 2G \
+        --name disk --listen 127.0.0.1:0 --token-key "$tmp/key" --scratch-dir "$out" \
+        --exit-on-success >"$tmp/listen" &
+    server_pid=$!
+    for _ in $(seq 200); do
+        [ -s "$tmp/listen" ] && break
+        sleep 0.05
+    done
+    base="$(sed -n 's/^listening on //p' "$tmp/listen")"
+    token="$("$DISKPLANE" worker upload-token --token-key "$tmp/key" --name disk)"
+}
+
+# server_wait: waits for the server to exit (it does after a successful upload); prints RSS KiB.
+server_wait() {
+    wait "$server_pid" || { log "upload server failed"; exit 1; }
+    server_pid=""
+    cat "$tmp/rss"
+}
+
+printf '%-20s %-8s %9s %9s %7s %10s %s\n' input path seconds convert ratio "peak RSS" sha256
+for input in upload-mixed.raw upload-mixed.qcow2; do
+    ref="$out/upload-out-convert.raw"
+    : >"$tmp/t-convert"
+    for ((i = 0; i < runs; i++)); do
+        rm -f "$ref"
+        sync
+        cat "$out/$input" >/dev/null
+        start=$(now)
+        "$DISKPLANE" convert "$out/$input" "$ref"
+        elapsed "$start" >>"$tmp/t-convert"
+    done
+    t_convert=$(median <"$tmp/t-convert")
+    ref_sum=$(sha256sum "$ref" | cut -d' ' -f1)
+    for path in curl client; do
+        dst="$out/upload-out-$path.raw"
+        : >"$tmp/t-$path"
+        : >"$tmp/rss-$path"
+        for ((i = 0; i < runs; i++)); do
+            rm -f "$dst"
+            sync
+            cat "$out/$input" >/dev/null
+            server_start "$dst"
+            start=$(now)
+            if [ "$path" = curl ]; then
+                code=$(curl -sS -o "$tmp/body" -w '%{http_code}' -T "$out/$input" \
+                    -H "Authorization: Bearer $token" -H 'Content-Type: application/octet-stream' \
+                    "$base/v1beta1/upload")
+                [ "$code" = 200 ] || { log "curl upload: $code $(cat "$tmp/body")"; exit 1; }
+            else
+                "$DISKPLANE" upload disk --upload-url "$base" --token "$token" --image-path "$out/$input"
+            fi
+            elapsed "$start" >>"$tmp/t-$path"
+            server_wait >>"$tmp/rss-$path"
+        done
+        t=$(median <"$tmp/t-$path")
+        rss_kib=$(sort -n "$tmp/rss-$path" | tail -1)
+        sum=$(sha256sum "$dst" | cut -d' ' -f1)
+        match=$([ "$sum" = "$ref_sum" ] && echo match || echo DIFFERENT)
+        printf '%-20s %-8s %9.2f %9.2f %7.2f %7d MiB %s\n' "$input" "$path" "$t" "$t_convert" \
+            "$(awk -v a="$t_convert" -v b="$t" 'BEGIN { print a / b }')" $((rss_kib / 1024)) "$match"
+    done
+done

@@ -1,0 +1,288 @@
+//! The HTTP API of `diskplane serve`: Kubernetes-style paths for DataVolumes and DataSources,
+//! health and readiness probes, and Prometheus metrics.
+//!
+//! ```text
+//! GET    /apis/cdi.kubevirt.io/v1beta1/{resource}                          list, all namespaces
+//! GET    /apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/{resource}          list (?watch=true: stream)
+//! POST   /apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/{resource}          create (201, 409, 422)
+//! GET    /apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/{resource}/{name}   get (404)
+//! DELETE /apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/{resource}/{name}   delete (+ the volume)
+//! GET    /healthz  /readyz  /metrics
+//! ```
+//! `{resource}` is `datavolumes` or `datasources`. Bodies are JSON. Errors are Kubernetes
+//! `Status` objects (`status::Failure`, `reason`, `code`, `details.causes[]`), mapped in one
+//! place ([`status`]). A watch streams one JSON event per line, `{"type", "object"}`: first
+//! `ADDED` for every existing object, then changes as they are committed.
+//!
+//! ## Caveats
+//! - No authentication: listen on 127.0.0.1 (the default) or behind something that checks.
+//! - Objects are immutable once created (CDI's spec is immutable); there is no PUT/PATCH.
+
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::api::datavolume::API_VERSION;
+use crate::local::store::Event;
+use crate::local::{DATASOURCES, DATAVOLUMES, Driver, DriverOptions};
+use crate::manifest::{Manifest, to_manifest};
+use crate::validate::validate_manifest;
+pub use status::ApiError;
+
+/// Builds the router over a driver.
+pub fn app(driver: Arc<Driver>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/apis/cdi.kubevirt.io/v1beta1/{resource}", get(list_all))
+        .route("/apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/{resource}", get(list).post(create))
+        .route("/apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/{resource}/{name}", get(read).delete(delete))
+        .with_state(driver)
+}
+
+/// Opens the data dir, binds `listen`, runs the reconcile loop and serves the API until
+/// SIGINT or SIGTERM. `on_listening` is called with the bound address (port 0 picks one).
+///
+/// # Errors
+/// The data dir cannot be used, or `listen` cannot be bound.
+pub async fn serve(
+    opts: DriverOptions,
+    listen: SocketAddr,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let driver = Driver::open(opts)?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("binding {listen}: {e}"))?;
+    on_listening(listener.local_addr()?);
+    let reconciler = tokio::spawn(Arc::clone(&driver).run());
+    let server = axum::serve(listener, app(driver));
+    let result = tokio::select! {
+        r = server => r.map_err(Into::into),
+        () = shutdown_signal() => Ok(()),
+    };
+    reconciler.abort();
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// `DataVolume` for `datavolumes`, … ; `None` for paths we do not serve.
+fn kind_of(resource: &str) -> Option<&'static str> {
+    match resource {
+        DATAVOLUMES => Some("DataVolume"),
+        DATASOURCES => Some("DataSource"),
+        _ => None,
+    }
+}
+
+fn served(resource: &str) -> Result<&'static str, ApiError> {
+    kind_of(resource).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the server could not find the requested resource {resource}"),
+        )
+    })
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn list_object(kind: &str, items: Vec<Value>) -> Value {
+    json!({"apiVersion": API_VERSION, "kind": format!("{kind}List"), "metadata": {}, "items": items})
+}
+
+async fn metrics(State(driver): State<Arc<Driver>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], driver.metrics()).into_response()
+}
+
+async fn list_all(
+    State(driver): State<Arc<Driver>>,
+    Path(resource): Path<String>,
+) -> Result<Response, ApiError> {
+    let kind = served(&resource)?;
+    let items = driver.store().list(&resource, None)?;
+    Ok(json_response(StatusCode::OK, &list_object(kind, items)))
+}
+
+async fn list(
+    State(driver): State<Arc<Driver>>,
+    Path((ns, resource)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let kind = served(&resource)?;
+    let watch = query.as_deref().unwrap_or("").split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
+    if watch {
+        return watch_stream(&driver, resource, ns);
+    }
+    let items = driver.store().list(&resource, Some(&ns))?;
+    Ok(json_response(StatusCode::OK, &list_object(kind, items)))
+}
+
+/// One line per event: the current objects as `ADDED`, then changes. A watcher too slow to
+/// keep up with [`crate::local::store`]'s buffer is disconnected (it re-lists, as with an
+/// expired Kubernetes watch).
+fn watch_stream(driver: &Driver, resource: String, ns: String) -> Result<Response, ApiError> {
+    let events = driver.store().subscribe();
+    let initial: Vec<Value> = driver.store().list(&resource, Some(&ns))?;
+    let line = |type_: &str, object: &Value| -> Result<Bytes, std::io::Error> {
+        let mut text =
+            serde_json::to_vec(&json!({"type": type_, "object": object})).map_err(std::io::Error::other)?;
+        text.push(b'\n');
+        Ok(Bytes::from(text))
+    };
+    let first: Vec<Result<Bytes, std::io::Error>> = initial.iter().map(|o| line("ADDED", o)).collect();
+    let changes = futures_util::stream::unfold(events, move |mut events| {
+        let (resource, ns) = (resource.clone(), ns.clone());
+        async move {
+            loop {
+                match events.recv().await {
+                    Ok(Event { type_, resource: r, namespace, object })
+                        if r == resource && namespace == ns =>
+                    {
+                        let mut text = serde_json::to_vec(&json!({"type": type_, "object": object})).ok()?;
+                        text.push(b'\n');
+                        return Some((Ok::<Bytes, std::io::Error>(Bytes::from(text)), events));
+                    }
+                    Ok(_) => {}
+                    Err(_) => return None, // lagged or closed: end the watch
+                }
+            }
+        }
+    });
+    let stream = futures_util::StreamExt::chain(futures_util::stream::iter(first), changes);
+    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(stream)).into_response())
+}
+
+async fn read(
+    State(driver): State<Arc<Driver>>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    served(&resource)?;
+    match driver.store().get(&resource, &ns, &name)? {
+        Some(object) => Ok(json_response(StatusCode::OK, &object)),
+        None => Err(ApiError::not_found(&resource, &name)),
+    }
+}
+
+async fn delete(
+    State(driver): State<Arc<Driver>>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    served(&resource)?;
+    let object = driver.delete(&resource, &ns, &name).await?;
+    Ok(json_response(StatusCode::OK, &object))
+}
+
+async fn create(
+    State(driver): State<Arc<Driver>>,
+    Path((ns, resource)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let kind = served(&resource)?;
+    let mut object: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", format!("the body is not a JSON object: {e}"))
+    })?;
+    if !object.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not a JSON object".into(),
+        ));
+    }
+    let body_kind = object["kind"].as_str().unwrap_or_default();
+    if body_kind != kind {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("the kind of the object ({body_kind}) does not match the path ({resource})"),
+        ));
+    }
+    if !object["metadata"].is_object() {
+        object["metadata"] = json!({});
+    }
+    match object["metadata"]["namespace"].as_str() {
+        Some(body_ns) if !body_ns.is_empty() && body_ns != ns => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!(
+                    "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({ns})"
+                ),
+            ));
+        }
+        _ => object["metadata"]["namespace"] = json!(ns),
+    }
+    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    if name.is_empty() {
+        match object["metadata"]["generateName"].as_str().filter(|g| !g.is_empty()) {
+            Some(prefix) => object["metadata"]["name"] = json!(format!("{prefix}{}", random_suffix())),
+            None => {
+                return Err(ApiError::invalid(
+                    kind,
+                    "",
+                    "metadata.name",
+                    "Required value: name or generateName is required",
+                ));
+            }
+        }
+    }
+    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let manifest = to_manifest(1, object.clone())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()))?;
+    if !matches!(
+        (&manifest, kind),
+        (Manifest::DataVolume(_), "DataVolume") | (Manifest::DataSource(_), "DataSource")
+    ) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("apiVersion {} is not served here (use {API_VERSION})", object["apiVersion"]),
+        ));
+    }
+    if let Err(e) = validate_manifest(&manifest) {
+        return Err(ApiError::invalid(kind, &name, &e.field, &e.message));
+    }
+    let created = driver.create(&resource, &ns, object)?;
+    Ok(json_response(StatusCode::CREATED, &created))
+}
+
+/// Five lowercase alphanumerics, like Kubernetes' generateName suffix (from the kernel's
+/// random source; the clock when that is unavailable).
+fn random_suffix() -> String {
+    use std::io::Read;
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut bytes = [0u8; 5];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (nanos >> (i * 8)) as u8;
+        }
+    }
+    bytes.iter().map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()])).collect()
+}

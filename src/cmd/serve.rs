@@ -1,0 +1,53 @@
+//! `diskplane serve`: the embedded mode. One process holding the state store and the storage
+//! pool under `--data-dir`, the reconcile loop with its in-process workers, and the HTTP API
+//! (see `controller::server`) on `--listen`. Prints `listening on http://ADDR` once it accepts
+//! connections; stops on SIGINT / SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use controller::local::DriverOptions;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Directory for the state store (state.redb) and the volumes (volumes/NS/NAME/disk.img).
+    #[arg(long, env = "DISKPLANE_DATA_DIR", default_value = "/var/lib/diskplane")]
+    data_dir: PathBuf,
+    /// Address of the HTTP API (no authentication: keep it on 127.0.0.1).
+    #[arg(long, default_value = "127.0.0.1:8417")]
+    listen: SocketAddr,
+    /// Transfers (imports, clones) running at the same time; the others wait in ImportScheduled.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// A registry (HOST:PORT) spoken to over plain HTTP, like CDIConfig's insecureRegistries
+    /// (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
+}
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    // The one rustls crypto provider of the binary (see importer::tls).
+    importer::tls::install_crypto_provider();
+    let mut opts = DriverOptions::new(args.data_dir.clone());
+    opts.concurrency = usize::from(args.workers);
+    opts.insecure_registries = args.insecure_registries.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("diskplane-serve")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime
+        .block_on(controller::server::serve(opts, args.listen, |addr| {
+            let mut stdout = std::io::stdout();
+            let _ = writeln!(stdout, "listening on http://{addr}");
+            let _ = stdout.flush();
+        }))
+        .map_err(|e| anyhow::anyhow!(e))
+        .with_context(|| format!("serving from {}", args.data_dir.display()))?;
+    // Workers may be inside blocking conversions: do not wait for them.
+    runtime.shutdown_background();
+    Ok(())
+}

@@ -1,0 +1,673 @@
+//! The upload server end to end: real `diskplane worker upload-server` processes on 127.0.0.1,
+//! `curl` (raw body and multipart, with and without token) and our own `diskplane upload
+//! --upload-url --token` as clients, raw std::net clients for broken bodies, and
+//! `qemu-img convert -O raw` as the oracle for every image.
+//!
+//! Needs qemu-img, curl, gzip and openssl (see `.ci/packages.txt`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+// ---------------------------------------------------------------------------------------------
+// Images, made once per target dir and shared by all tests.
+
+/// Virtual size of the test disk.
+const DISK_SIZE: u64 = 24 << 20;
+
+/// Size of every test volume: room for the disk, not for twice the disk.
+const VOLUME_SIZE: &str = "32M";
+
+fn images() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("upload-images-v1");
+        if !dir.join("done").exists() {
+            let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp).expect("creating the image dir");
+            make_images(&tmp);
+            if std::fs::rename(&tmp, &dir).is_err() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+        }
+        assert!(dir.join("done").exists(), "images missing in {}", dir.display());
+        dir
+    })
+}
+
+/// raw.img (random data, text and zero runs), img.qcow2, img.qcow2 compressed, raw.img.gz,
+/// a qcow2 with a backing file, a raw image larger than a volume, and each one's reference
+/// conversion `*.ref` by qemu-img.
+fn make_images(dir: &Path) {
+    let raw = dir.join("raw.img");
+    let file = std::fs::File::create(&raw).expect("creating raw.img");
+    file.set_len(DISK_SIZE).expect("sizing raw.img");
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut random = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    };
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&random(3 << 20), 1 << 20).expect("data");
+    file.write_all_at(&b"diskplane upload test ".repeat(40_000), 9 << 20).expect("text");
+    file.write_all_at(&random(1 << 20), DISK_SIZE - (1 << 20)).expect("tail");
+    drop(file);
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", "raw.img", "img.qcow2"], dir);
+    qemu_img(&["convert", "-c", "-f", "raw", "-O", "qcow2", "raw.img", "compressed.qcow2"], dir);
+    let gz = Command::new("gzip").args(["-k", "-1", "raw.img"]).current_dir(dir).status().expect("gzip");
+    assert!(gz.success());
+    qemu_img(&["create", "-f", "qcow2", "-b", "raw.img", "-F", "raw", "backed.qcow2"], dir);
+    let big = std::fs::File::create(dir.join("big.img")).expect("big.img");
+    big.write_all_at(b"too big", 0).expect("big");
+    big.set_len(48 << 20).expect("sizing big.img");
+    for name in ["raw.img", "img.qcow2", "compressed.qcow2"] {
+        qemu_img(&["convert", "-O", "raw", name, &format!("{name}.ref")], dir);
+    }
+    std::fs::write(dir.join("done"), "").expect("done marker");
+}
+
+fn qemu_img(args: &[&str], dir: &Path) {
+    let out = Command::new("qemu-img").args(args).current_dir(dir).output().expect("running qemu-img");
+    assert!(out.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn image(name: &str) -> PathBuf {
+    images().join(name)
+}
+
+fn sha256_of(path: &Path) -> String {
+    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).expect("reading");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server process and the clients.
+
+fn diskplane() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_diskplane"))
+}
+
+/// A `diskplane worker upload-server` for `default/disk` writing `<dir>/disk.img`.
+struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+    base: String,
+}
+
+impl Server {
+    fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("key"), b"a test key of thirty-two bytes!!").expect("key");
+        let mut child = diskplane()
+            .args([
+                "worker",
+                "upload-server",
+                "--name",
+                "disk",
+                "--size",
+                VOLUME_SIZE,
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--volume")
+            .arg(dir.path().join("disk.img"))
+            .arg("--token-key")
+            .arg(dir.path().join("key"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the upload server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("listening line");
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected: {line:?}"))
+            .to_owned();
+        Self { child, dir, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn port(&self) -> u16 {
+        self.base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
+    }
+
+    fn volume(&self) -> PathBuf {
+        self.dir.path().join("disk.img")
+    }
+
+    /// A token from `diskplane worker upload-token` with this server's key.
+    fn token(&self, name: &str, ttl: &str) -> String {
+        let out = diskplane()
+            .args(["worker", "upload-token", "--name", name, "--ttl", ttl, "--token-key"])
+            .arg(self.dir.path().join("key"))
+            .output()
+            .expect("upload-token");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
+    }
+
+    fn good_token(&self) -> String {
+        self.token("disk", "5m")
+    }
+
+    /// Files in the volume's directory other than the key: the volume and any leftovers.
+    fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .expect("listing")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "key")
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Waits until a failed upload was cleaned up: the server takes uploads again (503 is the
+    /// only answer while the previous one is still being torn down).
+    fn wait_until_idle(&self, token: &str) {
+        for _ in 0..600 {
+            let (status, _) = curl(&[
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                "-X",
+                "POST",
+                "--data-binary",
+                "",
+                &self.url("/v1beta1/upload"),
+            ]);
+            // An empty body is an empty raw image: 400 (too small to be anything) or 200.
+            if status != 503 {
+                assert_ne!(status, 200, "an empty body must not be taken as an upload");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server stayed busy");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs curl; returns the HTTP status and the body.
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn curl_upload(server: &Server, token: Option<&str>, file: &Path, route: &str) -> (u16, String) {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+    let data = format!("@{}", file.display());
+    let mut args: Vec<&str> = Vec::new();
+    if let Some(auth) = &auth {
+        args.extend(["-H", auth]);
+    }
+    args.extend(["-H", "Content-Type: application/octet-stream", "--data-binary", &data]);
+    let url = server.url(route);
+    args.push(&url);
+    curl(&args)
+}
+
+/// `diskplane upload disk --upload-url URL --token T --image-path FILE [extra]`.
+fn our_upload(url: &str, token: &str, file: &Path, extra: &[&str]) -> Output {
+    diskplane()
+        .args(["upload", "disk", "--retries", "2", "--upload-url", url, "--token", token, "--image-path"])
+        .arg(file)
+        .args(extra)
+        .output()
+        .expect("diskplane upload")
+}
+
+fn assert_volume_is(server: &Server, reference: &str) {
+    assert_eq!(sha256_of(&server.volume()), sha256_of(&image(reference)), "volume differs from {reference}");
+    assert_eq!(server.files(), vec!["disk.img".to_owned()], "leftover files");
+}
+
+fn assert_nothing_kept(server: &Server) {
+    assert!(server.files().is_empty(), "files left behind: {:?}", server.files());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formats and routes.
+
+#[test]
+fn curl_raw_body_uploads_of_raw_qcow2_and_gzip_match_qemu_img() {
+    for (file, reference) in [
+        ("raw.img", "raw.img.ref"),
+        ("img.qcow2", "img.qcow2.ref"),
+        ("compressed.qcow2", "compressed.qcow2.ref"),
+        ("raw.img.gz", "raw.img.ref"),
+    ] {
+        let server = Server::start();
+        let (status, body) =
+            curl_upload(&server, Some(&server.good_token()), &image(file), "/v1beta1/upload");
+        assert_eq!(status, 200, "{file}: {body}");
+        assert_volume_is(&server, reference);
+    }
+}
+
+#[test]
+fn multipart_form_upload_matches_qemu_img() {
+    let server = Server::start();
+    let auth = format!("Authorization: Bearer {}", server.good_token());
+    let note = "note=ignored part".to_owned();
+    let file = format!("file=@{}", image("img.qcow2").display());
+    let (status, body) = curl(&["-H", &auth, "-F", &note, "-F", &file, &server.url("/v1beta1/upload-form")]);
+    assert_eq!(status, 200, "{body}");
+    assert_volume_is(&server, "img.qcow2.ref");
+}
+
+#[test]
+fn multipart_without_a_file_part_is_refused() {
+    let server = Server::start();
+    let auth = format!("Authorization: Bearer {}", server.good_token());
+    let (status, body) = curl(&["-H", &auth, "-F", "other=@/dev/null", &server.url("/v1alpha1/upload-form")]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no part named \"file\""), "{body}");
+    assert_nothing_kept(&server);
+}
+
+#[test]
+fn async_upload_answers_then_finishes_and_virtctl_probe_works() {
+    let server = Server::start();
+    let token = server.good_token();
+    let (probe, _) =
+        curl(&["-I", "-H", &format!("Authorization: Bearer {token}"), &server.url("/v1beta1/upload-async")]);
+    assert_eq!(probe, 200);
+
+    let (status, body) = curl_upload(&server, Some(&token), &image("img.qcow2"), "/v1alpha1/upload-async");
+    assert_eq!(status, 200, "{body}");
+
+    // Processing goes on after the answer: 503 while busy, 409 once done.
+    let mut last = 0;
+    for _ in 0..600 {
+        (last, _) = curl_upload(&server, Some(&token), &image("raw.img"), "/v1beta1/upload");
+        if last != 503 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(last, 409);
+    assert_volume_is(&server, "img.qcow2.ref");
+}
+
+#[test]
+fn other_methods_archive_health_and_ca() {
+    let server = Server::start();
+    assert_eq!(curl(&[&server.url("/v1beta1/upload")]).0, 404, "GET on an upload route");
+    assert_eq!(curl(&["-I", &server.url("/v1beta1/upload")]).0, 404, "HEAD on the sync route");
+    let (status, body) = curl(&["-X", "POST", "--data-binary", "x", &server.url("/v1beta1/upload-archive")]);
+    assert_eq!((status, body.trim()), (400, "archive uploads are not supported"));
+    assert_eq!(curl(&[&server.url("/healthz")]), (200, "OK".to_owned()));
+    assert_eq!(curl(&[&server.url("/v1beta1/ca.crt")]).0, 404, "no CA without TLS");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens.
+
+#[test]
+fn missing_wrong_expired_and_foreign_tokens_get_401() {
+    let server = Server::start();
+    let other_key = tempfile::NamedTempFile::new().expect("key");
+    std::fs::write(other_key.path(), b"another key, also 32 bytes long").expect("key");
+    let out = diskplane()
+        .args(["worker", "upload-token", "--name", "disk", "--token-key"])
+        .arg(other_key.path())
+        .output()
+        .expect("token");
+    let wrong_key = String::from_utf8(out.stdout).expect("utf-8").trim().to_owned();
+
+    let cases = [
+        (None, "no upload token"),
+        (Some("garbage".to_owned()), "malformed upload token"),
+        (Some(wrong_key), "signature is invalid"),
+        (Some(server.token("disk", "0")), "expired"),
+        (Some(server.token("other", "5m")), "upload token is for default/other, not for default/disk"),
+    ];
+    for (token, message) in cases {
+        let (status, body) = curl_upload(&server, token.as_deref(), &image("raw.img"), "/v1beta1/upload");
+        assert_eq!(status, 401, "{message}: {body}");
+        assert!(body.contains(message), "expected {message:?} in {body:?}");
+    }
+    assert_nothing_kept(&server);
+    // The refusals left the volume free.
+    assert_eq!(curl_upload(&server, Some(&server.good_token()), &image("raw.img"), "/v1beta1/upload").0, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input and broken transfers.
+
+#[test]
+fn a_second_upload_after_success_gets_409() {
+    let server = Server::start();
+    let token = server.good_token();
+    assert_eq!(curl_upload(&server, Some(&token), &image("raw.img"), "/v1beta1/upload").0, 200);
+
+    let (status, body) = curl_upload(&server, Some(&token), &image("img.qcow2"), "/v1beta1/upload");
+
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("already been uploaded"), "{body}");
+    assert_volume_is(&server, "raw.img.ref");
+}
+
+#[test]
+fn a_body_larger_than_the_volume_gets_400_and_nothing_is_kept() {
+    let server = Server::start();
+    let (status, body) =
+        curl_upload(&server, Some(&server.good_token()), &image("big.img"), "/v1beta1/upload");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("capacity"), "{body}");
+    assert_nothing_kept(&server);
+}
+
+#[test]
+fn a_qcow2_larger_than_the_volume_is_refused_from_its_header() {
+    let dir = tempfile::tempdir().expect("dir");
+    qemu_img(&["create", "-f", "qcow2", "huge.qcow2", "1T"], dir.path());
+    let server = Server::start();
+    let (status, body) =
+        curl_upload(&server, Some(&server.good_token()), &dir.path().join("huge.qcow2"), "/v1beta1/upload");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("exceeds the limit"), "{body}");
+    assert_nothing_kept(&server);
+}
+
+#[test]
+fn a_qcow2_with_a_backing_file_gets_400_naming_it() {
+    let server = Server::start();
+    let (status, body) =
+        curl_upload(&server, Some(&server.good_token()), &image("backed.qcow2"), "/v1beta1/upload");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("backing file"), "{body}");
+    assert_nothing_kept(&server);
+}
+
+/// Sends the request line, headers and `sent` of `total` body bytes of `file`, and leaves the
+/// connection open (dropping the stream closes it half way).
+fn partial_upload(server: &Server, token: &str, file: &Path, sent: usize) -> TcpStream {
+    let data = std::fs::read(file).expect("reading the image");
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port())).expect("connect");
+    let head = format!(
+        "POST /v1beta1/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    stream.write_all(head.as_bytes()).expect("headers");
+    stream.write_all(&data[..sent]).expect("half the body");
+    stream.flush().expect("flush");
+    stream
+}
+
+#[test]
+fn a_truncated_body_keeps_nothing_and_the_upload_can_be_retried() {
+    for file in ["raw.img", "img.qcow2"] {
+        let server = Server::start();
+        let token = server.good_token();
+        let stream = partial_upload(&server, &token, &image(file), 5 << 20);
+        stream.shutdown(std::net::Shutdown::Both).expect("closing half way");
+        drop(stream);
+
+        server.wait_until_idle(&token);
+        assert_nothing_kept(&server);
+
+        let (status, body) = curl_upload(&server, Some(&token), &image(file), "/v1beta1/upload");
+        assert_eq!(status, 200, "{file} retry: {body}");
+        assert_volume_is(&server, &format!("{file}.ref"));
+    }
+}
+
+/// Waits until the server answers 503 (an upload holds the volume); returns the message.
+fn wait_until_busy(server: &Server, token: &str) -> String {
+    let mut status = 0;
+    let mut body = String::new();
+    for _ in 0..600 {
+        (status, body) = curl_upload(server, Some(token), &image("raw.img"), "/v1beta1/upload");
+        if status == 503 {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("never busy: last answer {status} {body}");
+}
+
+#[test]
+fn a_concurrent_upload_to_the_same_volume_gets_503() {
+    let server = Server::start();
+    let token = server.good_token();
+    // The first upload holds the volume as soon as its headers were read.
+    let first = partial_upload(&server, &token, &image("raw.img"), 1 << 20);
+
+    let body = wait_until_busy(&server, &token);
+
+    assert!(body.contains("already in progress"), "{body}");
+
+    drop(first);
+    server.wait_until_idle(&token);
+    assert_eq!(curl_upload(&server, Some(&token), &image("raw.img"), "/v1beta1/upload").0, 200);
+    assert_volume_is(&server, "raw.img.ref");
+}
+
+#[test]
+fn checksum_mismatch_gets_400_and_a_matching_one_succeeds() {
+    let server = Server::start();
+    let token = server.good_token();
+    let auth = format!("Authorization: Bearer {token}");
+    let data = format!("@{}", image("img.qcow2").display());
+    let wrong = format!("X-Checksum: sha256:{}", "0".repeat(64));
+
+    let (status, body) =
+        curl(&["-H", &auth, "-H", &wrong, "--data-binary", &data, &server.url("/v1beta1/upload")]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("checksum mismatch"), "{body}");
+    assert_nothing_kept(&server);
+
+    let right = server.url(&format!("/v1beta1/upload?checksum=sha256:{}", sha256_of(&image("img.qcow2"))));
+    let (status, body) = curl(&["-H", &auth, "--data-binary", &data, &right]);
+    assert_eq!(status, 200, "{body}");
+    assert_volume_is(&server, "img.qcow2.ref");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Our client.
+
+#[test]
+fn our_client_uploads_with_a_checksum_and_reports_the_servers_refusal() {
+    let server = Server::start();
+    let token = server.good_token();
+
+    let out = our_upload(&server.base, &token, &image("compressed.qcow2"), &["--checksum"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_volume_is(&server, "compressed.qcow2.ref");
+
+    let out = our_upload(&server.base, &token, &image("raw.img"), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("409") && stderr.contains("already been uploaded"), "{stderr}");
+}
+
+#[test]
+fn our_client_retries_while_the_volume_is_busy() {
+    let server = Server::start();
+    let token = server.good_token();
+    let holder = partial_upload(&server, &token, &image("raw.img"), 1 << 20);
+    wait_until_busy(&server, &token);
+    let mut client = diskplane()
+        .args([
+            "upload",
+            "disk",
+            "--retries",
+            "20",
+            "--upload-url",
+            &server.base,
+            "--token",
+            &token,
+            "--image-path",
+        ])
+        .arg(image("img.qcow2"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("diskplane upload");
+    let mut stderr = BufReader::new(client.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).expect("stderr") > 0, "the client ended without retrying");
+        if line.contains("retrying") {
+            break;
+        }
+    }
+    assert!(line.contains("503") && line.contains("already in progress"), "{line}");
+
+    drop(holder);
+
+    let status = client.wait().expect("client");
+    assert!(status.success());
+    assert_volume_is(&server, "img.qcow2.ref");
+}
+
+#[test]
+fn our_client_exits_non_zero_with_the_message_for_a_hostile_image() {
+    let server = Server::start();
+    let out = our_upload(&server.url("/v1beta1/upload"), &server.good_token(), &image("backed.qcow2"), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("400") && stderr.contains("backing file"), "{stderr}");
+    assert_nothing_kept(&server);
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS.
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it.
+fn pki() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    std::fs::write(
+        d.join("leaf.ext"),
+        "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let steps: Vec<Vec<&str>> = vec![
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=upload test CA"],
+        ]
+        .concat(),
+        [&["req"][..], &ec, &["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"]].concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+        ],
+    ];
+    for args in steps {
+        let out = Command::new("openssl").args(&args).current_dir(d).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    dir
+}
+
+#[test]
+fn tls_uploads_with_the_ca_from_curl_and_our_client() {
+    let pki = pki();
+    let path = |name: &str| pki.path().join(name).to_string_lossy().into_owned();
+    let tls = ["--tls-cert", &path("leaf.pem"), "--tls-key", &path("leaf.key"), "--tls-ca", &path("ca.pem")];
+
+    // curl: the CA is served to clients, and uploads work with it.
+    let server = Server::start_with(&tls);
+    assert!(server.base.starts_with("https://"), "{}", server.base);
+    let (status, ca) = curl(&["--cacert", &path("ca.pem"), &server.url("/v1beta1/ca.crt")]);
+    assert_eq!(status, 200);
+    assert_eq!(ca.trim(), std::fs::read_to_string(path("ca.pem")).expect("ca").trim());
+    let auth = format!("Authorization: Bearer {}", server.good_token());
+    let data = format!("@{}", image("img.qcow2").display());
+    let (status, body) = curl(&[
+        "--cacert",
+        &path("ca.pem"),
+        "-H",
+        &auth,
+        "--data-binary",
+        &data,
+        &server.url("/v1beta1/upload"),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    assert_volume_is(&server, "img.qcow2.ref");
+
+    // Our client: refused without the CA, fine with it.
+    let server = Server::start_with(&tls);
+    let token = server.good_token();
+    let out = our_upload(&server.base, &token, &image("raw.img.gz"), &[]);
+    assert!(!out.status.success(), "an untrusted server must be refused");
+    assert_nothing_kept(&server);
+    let out = our_upload(&server.base, &token, &image("raw.img.gz"), &["--ca-cert", &path("ca.pem")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_volume_is(&server, "raw.img.ref");
+}
+
+#[test]
+fn form_async_upload_finishes_and_exit_on_success_stops_the_server() {
+    let mut server = Server::start_with(&["--exit-on-success"]);
+    let auth = format!("Authorization: Bearer {}", server.good_token());
+    let file = format!("file=@{}", image("raw.img.gz").display());
+
+    let (status, body) = curl(&["-H", &auth, "-F", &file, &server.url("/v1beta1/upload-form-async")]);
+
+    assert_eq!(status, 200, "{body}");
+    // Like CDI's upload Pod, the server exits 0 once the upload is complete.
+    let exit = server.child.wait().expect("waiting for the server");
+    assert!(exit.success(), "{exit:?}");
+    assert_volume_is(&server, "raw.img.ref");
+}

@@ -1,0 +1,241 @@
+//! Where uploads go: the [`UploadBackend`] trait the server asks, and [`SingleVolumeBackend`],
+//! the one-volume backend of the `diskplane worker upload-server` role.
+//!
+//! The server verifies the token's signature and expiry, then asks the backend to
+//! [`begin`](UploadBackend::begin) an upload for the token's claims. The backend decides
+//! whether the volume exists, is an upload target, is free and not yet uploaded, and answers
+//! with an [`UploadTarget`] or a [`Refusal`]. Every successful `begin` is matched by exactly
+//! one [`finish`](UploadBackend::finish) with the outcome, also when the client goes away or
+//! the server task dies, so a backend can keep "busy" and "done" state by itself. The embedded
+//! server implements the trait over its state store (phases, `status.progress`).
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use disk_formats::Format;
+use storage::CreateOptions;
+use tokio::sync::watch;
+
+use crate::error::Error;
+use crate::token::{Claims, TokenError};
+
+/// Where one upload is written.
+#[derive(Debug, Clone)]
+pub struct UploadTarget {
+    /// The volume: a block device (written in place) or a file, written under a temporary
+    /// name beside it and renamed over it once complete, flushed and verified.
+    pub path: PathBuf,
+    /// The volume's size: images whose virtual size (or raw stream) exceeds it are refused
+    /// with 400. For a block device its own size also applies.
+    pub max_size: u64,
+    /// Directory for the scratch file a qcow2 is unpacked to (at most about the image's size).
+    pub scratch_dir: PathBuf,
+    /// Preallocation of a file volume.
+    pub create: CreateOptions,
+}
+
+/// What an upload wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadStats {
+    /// The disk format found.
+    pub format: Format,
+    /// Compression wrappers removed, outermost first.
+    pub wrappers: Vec<Format>,
+    /// Guest size written (the raw size of the volume's content).
+    pub virtual_size: u64,
+    /// Bytes written as data (the rest are holes).
+    pub data_bytes: u64,
+    /// Body bytes received.
+    pub received: u64,
+}
+
+/// Why a backend does not start an upload, with the message the client sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// No such volume, or not an upload target: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// Already uploaded: 409.
+    #[error("{0}")]
+    AlreadyDone(String),
+    /// Another upload to the same volume is running (or still processing): 503.
+    #[error("{0}")]
+    Busy(String),
+    /// The volume is not ready for an upload yet: 503.
+    #[error("{0}")]
+    NotReady(String),
+    /// The token is valid but does not cover this volume: 401.
+    #[error("{0}")]
+    Unauthorized(String),
+}
+
+/// The volume side of the upload server.
+pub trait UploadBackend: Send + Sync + 'static {
+    /// Claims the volume named by `claims` for one upload.
+    ///
+    /// # Errors
+    /// A [`Refusal`], mapped to CDI's status codes.
+    fn begin(&self, claims: &Claims) -> Result<UploadTarget, Refusal>;
+
+    /// Body bytes received so far for the running upload (called as pieces arrive), and the
+    /// body's announced length (`Content-Length`; for a form it includes the envelope).
+    fn progress(&self, claims: &Claims, received: u64, expected: Option<u64>) {
+        let _ = (claims, received, expected);
+    }
+
+    /// The upload that `begin` started has ended: `Ok` when the volume is written, flushed and
+    /// verified; `Err` when nothing was kept (the upload may be retried).
+    fn finish(&self, claims: &Claims, result: &Result<UploadStats, Error>);
+}
+
+/// The state of the one volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeState {
+    /// Waiting for an upload.
+    Ready,
+    /// An upload is running or processing.
+    Busy,
+    /// Uploaded: later uploads get 409.
+    Done,
+}
+
+/// One volume, one upload: the Kubernetes worker role (one upload-server Pod per PVC) and the
+/// standalone `diskplane worker upload-server`.
+///
+/// Accepts tokens for exactly `namespace/name` (others get 401), one upload at a time (503),
+/// and after a success refuses further uploads (409). A failed upload returns to `Ready`.
+#[derive(Debug)]
+pub struct SingleVolumeBackend {
+    namespace: String,
+    name: String,
+    target: UploadTarget,
+    state: Mutex<VolumeState>,
+    received: AtomicU64,
+    changes: watch::Sender<VolumeState>,
+}
+
+impl SingleVolumeBackend {
+    /// A backend for `namespace/name`, written to `target`.
+    pub fn new(namespace: &str, name: &str, target: UploadTarget) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            target,
+            state: Mutex::new(VolumeState::Ready),
+            received: AtomicU64::new(0),
+            changes: watch::Sender::new(VolumeState::Ready),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> VolumeState {
+        *self.changes.borrow()
+    }
+
+    /// Body bytes received by the running (or last) upload.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Watches state changes (e.g. to exit once `Done`).
+    pub fn subscribe(&self) -> watch::Receiver<VolumeState> {
+        self.changes.subscribe()
+    }
+
+    fn set(&self, state: &mut VolumeState, new: VolumeState) {
+        *state = new;
+        self.changes.send_replace(new);
+    }
+}
+
+impl UploadBackend for SingleVolumeBackend {
+    fn begin(&self, claims: &Claims) -> Result<UploadTarget, Refusal> {
+        if claims.namespace != self.namespace || claims.name != self.name {
+            return Err(Refusal::Unauthorized(
+                TokenError::OtherVolume {
+                    token_for: format!("{}/{}", claims.namespace, claims.name),
+                    requested: format!("{}/{}", self.namespace, self.name),
+                }
+                .to_string(),
+            ));
+        }
+        let mut state =
+            self.state.lock().map_err(|_| Refusal::NotReady("upload state lock poisoned".into()))?;
+        match *state {
+            VolumeState::Busy => Err(Refusal::Busy(format!(
+                "an upload to {}/{} is already in progress",
+                self.namespace, self.name
+            ))),
+            VolumeState::Done => Err(Refusal::AlreadyDone(format!(
+                "{}/{} has already been uploaded",
+                self.namespace, self.name
+            ))),
+            VolumeState::Ready => {
+                self.set(&mut state, VolumeState::Busy);
+                self.received.store(0, Ordering::Relaxed);
+                Ok(self.target.clone())
+            }
+        }
+    }
+
+    fn progress(&self, _claims: &Claims, received: u64, _expected: Option<u64>) {
+        self.received.store(received, Ordering::Relaxed);
+    }
+
+    fn finish(&self, _claims: &Claims, result: &Result<UploadStats, Error>) {
+        let next = if result.is_ok() { VolumeState::Done } else { VolumeState::Ready };
+        // A poisoned lock only means another thread panicked while holding it: the state
+        // itself is a plain value, still meaningful.
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.set(&mut state, next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::DEFAULT_TTL;
+
+    fn backend() -> SingleVolumeBackend {
+        let target = UploadTarget {
+            path: "/nonexistent/disk.img".into(),
+            max_size: 1 << 20,
+            scratch_dir: "/tmp".into(),
+            create: CreateOptions::default(),
+        };
+        SingleVolumeBackend::new("ns", "disk", target)
+    }
+
+    fn claims(name: &str) -> Claims {
+        Claims::upload("ns", name, 0, DEFAULT_TTL)
+    }
+
+    #[test]
+    fn one_upload_at_a_time_and_none_after_success() {
+        let b = backend();
+        assert!(b.begin(&claims("disk")).is_ok());
+        assert!(matches!(b.begin(&claims("disk")), Err(Refusal::Busy(_))));
+
+        b.finish(&claims("disk"), &Err(Error::Internal("dropped".into())));
+        assert_eq!(b.state(), VolumeState::Ready);
+        assert!(b.begin(&claims("disk")).is_ok());
+
+        let stats = UploadStats {
+            format: Format::Raw,
+            wrappers: vec![],
+            virtual_size: 512,
+            data_bytes: 512,
+            received: 512,
+        };
+        b.finish(&claims("disk"), &Ok(stats));
+        assert!(matches!(b.begin(&claims("disk")), Err(Refusal::AlreadyDone(_))));
+    }
+
+    #[test]
+    fn a_token_for_another_volume_is_unauthorized() {
+        let err = backend().begin(&claims("other")).unwrap_err();
+        assert_eq!(err, Refusal::Unauthorized("upload token is for ns/other, not for ns/disk".into()));
+    }
+}

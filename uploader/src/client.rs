@@ -1,0 +1,391 @@
+//! The upload client: sends an image file to an upload server, and drives the embedded API's
+//! DataVolume / UploadTokenRequest flow around it (what `virtctl image-upload` does).
+//!
+//! The file is streamed (never read whole) with an explicit `Content-Length`, like virtctl.
+//! A dropped connection, a reset or a 503 (busy / not ready) is retried from the start with a
+//! capped exponential back-off, up to [`ClientOptions::retries`] times; the server deletes
+//! partial output itself, so a retry starts clean. Other statuses fail at once with the
+//! server's message.
+//!
+//! ## Embedded flow
+//! 1. `GET {server}/apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/datavolumes/{name}`; when
+//!    missing, `POST` a DataVolume with `source.upload: {}` ([`UploadClient::ensure_datavolume`]).
+//! 2. `POST {server}/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/{ns}/uploadtokenrequests`
+//!    with `spec.pvcName` → `status.token` ([`UploadClient::request_token`]).
+//! 3. `POST {server}/v1beta1/upload` with the token ([`UploadClient::upload_file`]).
+//! 4. Poll the DataVolume until `status.phase` is `Succeeded` or `Failed`
+//!    ([`UploadClient::wait_datavolume`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+pub use reqwest::Url;
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+
+use crate::error::{Error, Result};
+use crate::pipe::Checksum;
+
+/// Bytes read from the file per body chunk.
+const READ_CHUNK_BYTES: usize = 256 << 10;
+
+/// Longest back-off between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How the client connects.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// PEM CA bundle trusted in addition to the system roots (e.g. the server's
+    /// `/v1beta1/ca.crt`).
+    pub ca_cert: Option<PathBuf>,
+    /// Do not verify the server's certificate.
+    pub insecure: bool,
+    /// Attempts after the first when the connection drops or the server answers 503.
+    pub retries: u32,
+    /// First back-off (doubled per attempt, capped at 10 s).
+    pub backoff: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self { ca_cert: None, insecure: false, retries: 5, backoff: Duration::from_secs(1) }
+    }
+}
+
+/// Progress of one upload: `(bytes sent in this attempt, file size)`; an attempt that starts
+/// over reports from 0 again.
+pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
+
+/// Told before each retry: `(attempt number, the failure, back-off before the attempt)`.
+pub type RetryFn = dyn Fn(u32, &Error, Duration) + Send + Sync;
+
+/// An upload client.
+#[derive(Debug, Clone)]
+pub struct UploadClient {
+    http: reqwest::Client,
+    opts: ClientOptions,
+}
+
+impl UploadClient {
+    /// Builds the HTTP client (TLS trust per `opts`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unreadable CA file or a TLS setup failure.
+    pub fn new(opts: ClientOptions) -> Result<Self> {
+        // The binary's one rustls provider (see importer::tls); idempotent.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("diskplane-upload/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            .tls_version_min(reqwest::tls::Version::TLS_1_2);
+        if let Some(path) = &opts.ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::Config(format!("reading the CA certificate {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::Config(format!("parsing the CA certificate {}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(Error::Config(format!("no PEM certificate in {}", path.display())));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        if opts.insecure {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let http = builder.build().map_err(|e| Error::Config(format!("building the HTTP client: {e}")))?;
+        Ok(Self { http, opts })
+    }
+
+    /// Uploads the file at `path` to `url` (an upload route, see [`upload_url`]) with `token`,
+    /// retrying dropped connections and 503 answers. Returns the bytes sent.
+    ///
+    /// # Errors
+    /// [`Error::Status`] with the server's message, [`Error::Network`] once retries are spent,
+    /// [`Error::Config`] when the file cannot be read.
+    pub async fn upload_file(
+        &self,
+        url: &Url,
+        token: &str,
+        path: &Path,
+        checksum: Option<&Checksum>,
+        progress: Arc<ProgressFn>,
+        on_retry: &RetryFn,
+    ) -> Result<u64> {
+        let mut attempt = 0u32;
+        loop {
+            let result = self.upload_once(url, token, path, checksum, Arc::clone(&progress)).await;
+            match result {
+                Err(e) if e.is_retryable() && attempt < self.opts.retries => {
+                    attempt += 1;
+                    let backoff =
+                        (self.opts.backoff.saturating_mul(1 << attempt.min(8)) / 2).min(MAX_BACKOFF);
+                    on_retry(attempt, &e, backoff);
+                    tokio::time::sleep(backoff).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn upload_once(
+        &self,
+        url: &Url,
+        token: &str,
+        path: &Path,
+        checksum: Option<&Checksum>,
+        progress: Arc<ProgressFn>,
+    ) -> Result<u64> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Error::Config(format!("opening {}: {e}", path.display())))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| Error::Config(format!("reading the size of {}: {e}", path.display())))?
+            .len();
+        progress(0, size);
+        let body = reqwest::Body::wrap_stream(file_stream(file, size, progress));
+        let mut request = self
+            .http
+            .post(url.clone())
+            .bearer_auth(token)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(body);
+        if let Some(sum) = checksum {
+            request = request.header("X-Checksum", sum.to_string());
+        }
+        let response = request.send().await.map_err(|e| network("sending the image", e))?;
+        check(response).await?;
+        Ok(size)
+    }
+
+    /// Creates the DataVolume `ns/name` with an upload source unless it exists. Returns
+    /// whether it was created.
+    ///
+    /// # Errors
+    /// [`Error::Status`] / [`Error::Network`] from the API server.
+    pub async fn ensure_datavolume(
+        &self,
+        server: &Url,
+        namespace: &str,
+        name: &str,
+        size: Option<&str>,
+        storage_class: Option<&str>,
+    ) -> Result<bool> {
+        let collection =
+            api_url(server, &format!("apis/cdi.kubevirt.io/v1beta1/namespaces/{namespace}/datavolumes"))?;
+        let item = api_url(
+            server,
+            &format!("apis/cdi.kubevirt.io/v1beta1/namespaces/{namespace}/datavolumes/{name}"),
+        )?;
+        let existing =
+            self.http.get(item).send().await.map_err(|e| network("looking up the DataVolume", e))?;
+        if existing.status() != StatusCode::NOT_FOUND {
+            check(existing).await?;
+            return Ok(false);
+        }
+        let size = size.ok_or_else(|| {
+            Error::Config(format!("DataVolume {namespace}/{name} does not exist: give --size to create it"))
+        })?;
+        let dv = datavolume_manifest(namespace, name, size, storage_class);
+        let response = self
+            .http
+            .post(collection)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(dv.to_string())
+            .send()
+            .await
+            .map_err(|e| network("creating the DataVolume", e))?;
+        check(response).await?;
+        Ok(true)
+    }
+
+    /// Asks the API server for an upload token for `ns/name`.
+    ///
+    /// # Errors
+    /// [`Error::Status`] / [`Error::Network`]; [`Error::Internal`] when the answer has no token.
+    pub async fn request_token(&self, server: &Url, namespace: &str, name: &str) -> Result<String> {
+        let url = api_url(
+            server,
+            &format!("apis/upload.cdi.kubevirt.io/v1beta1/namespaces/{namespace}/uploadtokenrequests"),
+        )?;
+        let request = json!({
+            "apiVersion": "upload.cdi.kubevirt.io/v1beta1",
+            "kind": "UploadTokenRequest",
+            "metadata": { "name": "token-for-diskplane", "namespace": namespace },
+            "spec": { "pvcName": name },
+        });
+        let response = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(request.to_string())
+            .send()
+            .await
+            .map_err(|e| network("requesting an upload token", e))?;
+        let text = check(response).await?;
+        let object: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Internal(format!("the UploadTokenRequest answer is not JSON: {e}")))?;
+        object["status"]["token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| Error::Internal("the UploadTokenRequest answer has no status.token".into()))
+    }
+
+    /// Polls the DataVolume until its phase is `Succeeded` (Ok) or `Failed` (Err with its
+    /// Ready condition's message), at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] on `Failed` or timeout; [`Error::Status`] / [`Error::Network`].
+    pub async fn wait_datavolume(
+        &self,
+        server: &Url,
+        namespace: &str,
+        name: &str,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<()> {
+        let url = api_url(
+            server,
+            &format!("apis/cdi.kubevirt.io/v1beta1/namespaces/{namespace}/datavolumes/{name}"),
+        )?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let response =
+                self.http.get(url.clone()).send().await.map_err(|e| network("reading the DataVolume", e))?;
+            let object: Value = serde_json::from_str(&check(response).await?)
+                .map_err(|e| Error::Internal(format!("the DataVolume is not JSON: {e}")))?;
+            match object["status"]["phase"].as_str() {
+                Some("Succeeded") => return Ok(()),
+                Some("Failed") => {
+                    let message = object["status"]["conditions"]
+                        .as_array()
+                        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                        .and_then(|c| c["message"].as_str())
+                        .unwrap_or("no message");
+                    return Err(Error::Internal(format!("DataVolume {namespace}/{name} failed: {message}")));
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Internal(format!(
+                    "DataVolume {namespace}/{name} did not succeed within {} s",
+                    timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+}
+
+/// A runtime for synchronous callers (the CLI): two worker threads, I/O and timers on.
+///
+/// # Errors
+/// [`Error::Config`] when the runtime cannot start.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("upload-client")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Config(format!("starting the I/O runtime: {e}")))
+}
+
+/// The upload route for a user-given URL: a bare server URL (no path) gets `/v1beta1/upload`;
+/// a URL with a path is used as it is.
+///
+/// # Errors
+/// [`Error::Config`] when `text` is not an http(s) URL.
+pub fn upload_url(text: &str) -> Result<Url> {
+    let mut url = Url::parse(text).map_err(|e| Error::Config(format!("invalid upload URL {text:?}: {e}")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(Error::Config(format!("upload URL {text:?} is not http:// or https://")));
+    }
+    if url.path().is_empty() || url.path() == "/" {
+        url.set_path("/v1beta1/upload");
+    }
+    Ok(url)
+}
+
+/// A DataVolume with an upload source, as `virtctl image-upload` creates it.
+pub fn datavolume_manifest(namespace: &str, name: &str, size: &str, storage_class: Option<&str>) -> Value {
+    let mut storage = json!({ "resources": { "requests": { "storage": size } } });
+    if let Some(class) = storage_class {
+        storage["storageClassName"] = json!(class);
+    }
+    json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1",
+        "kind": "DataVolume",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": { "source": { "upload": {} }, "storage": storage },
+    })
+}
+
+fn api_url(server: &Url, path: &str) -> Result<Url> {
+    server.join(path).map_err(|e| Error::Config(format!("building an API URL from {server}: {e}")))
+}
+
+fn network(what: &str, e: reqwest::Error) -> Error {
+    Error::Network { what: what.to_owned(), source: e.without_url() }
+}
+
+/// Ok with the body for 2xx; [`Error::Status`] with the server's message otherwise.
+async fn check(response: reqwest::Response) -> Result<String> {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        return Ok(text);
+    }
+    let message = text.trim();
+    let message =
+        if message.is_empty() { status.canonical_reason().unwrap_or("no message") } else { message };
+    Err(Error::Status { status: status.as_u16(), message: message.to_owned() })
+}
+
+/// The file as a stream of chunks, reporting progress as they are handed to the connection.
+fn file_stream(
+    file: tokio::fs::File,
+    size: u64,
+    progress: Arc<ProgressFn>,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::unfold((file, 0u64), move |(mut file, sent)| {
+        let progress = Arc::clone(&progress);
+        async move {
+            let mut buf = vec![0u8; READ_CHUNK_BYTES];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    let sent = sent + n as u64;
+                    progress(sent, size);
+                    Some((Ok(Bytes::from(buf)), (file, sent)))
+                }
+                Err(e) => Some((Err(e), (file, sent))),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_server_url_gets_the_upload_path() {
+        assert_eq!(upload_url("https://h:8443").unwrap().as_str(), "https://h:8443/v1beta1/upload");
+        assert_eq!(upload_url("http://h/v1beta1/upload-async").unwrap().path(), "/v1beta1/upload-async");
+        assert!(upload_url("ftp://h").is_err());
+        assert!(upload_url("not a url").is_err());
+    }
+
+    #[test]
+    fn the_datavolume_has_an_upload_source_and_the_size() {
+        let dv = datavolume_manifest("ns", "disk", "10Gi", Some("fast"));
+        assert_eq!(dv["spec"]["source"]["upload"], json!({}));
+        assert_eq!(dv["spec"]["storage"]["resources"]["requests"]["storage"], "10Gi");
+        assert_eq!(dv["spec"]["storage"]["storageClassName"], "fast");
+    }
+}
