@@ -22,7 +22,7 @@
 #
 # Inputs come from bench/make-inputs.sh (run here when missing; ~3 minutes, ~5 GiB in
 # bench/out): OS-like ext4 images as plain, zlib- and zstd-compressed qcow2, and a 2 GiB qcow2
-# of 50% random data and holes. No network, no loop devices, no mounts.
+# of 50% random data and holes; then (here) a 2 GiB streamOptimized VMDK and a 2 GiB VHDX. No network, no loop devices, no mounts.
 #
 # Columns: medians of wall seconds (GNU time %e), ratio = qemu-img / diskplane (> 1: we are
 # faster), the target ratio, `du -k` allocation of each tool's last output, diskplane's largest
@@ -52,6 +52,18 @@ if [ -z "${DISKPLANE:-}" ]; then
 fi
 
 BENCH_OUT="$out" "$here/make-inputs.sh"
+
+# --- VMDK / VHDX inputs (issue 9) ---------------------------------------------------------------
+# vmdk-stream.vmdk: a 2 GiB streamOptimized VMDK (the OVA case: every grain deflate-compressed) and
+# vhdx.vhdx: a 2 GiB dynamic VHDX, both made by qemu-img from the first 2 GiB of the OS-like disk.
+if [ ! -s "$out/vmdk-stream.vmdk" ] || [ ! -s "$out/vhdx.vhdx" ] || [ "${FORCE:-0}" = 1 ]; then
+    log "making the 2 GiB vmdk streamOptimized and vhdx inputs from os-plain.qcow2"
+    qemu-img convert -O raw "$out/os-plain.qcow2" "$out/os-2g.raw"
+    truncate -s 2G "$out/os-2g.raw"
+    qemu-img convert -f raw -O vmdk -o subformat=streamOptimized "$out/os-2g.raw" "$out/vmdk-stream.vmdk"
+    qemu-img convert -f raw -O vhdx "$out/os-2g.raw" "$out/vhdx.vhdx"
+    rm -f "$out/os-2g.raw"
+fi
 
 cache="${CACHE:-}"
 if [ -z "$cache" ]; then
@@ -120,9 +132,10 @@ log "diskplane: $DISKPLANE"
 log "runs: $runs per tool and input, alternating; page cache: $cache; durable: $durable"
 
 rows=()
-for input in os-plain os-zlib os-zstd mixed; do
+for input in os-plain os-zlib os-zstd mixed vmdk-stream vhdx; do
     case "$input" in *"$filter"*) ;; *) continue ;; esac
     in="$out/$input.qcow2"
+    case "$input" in vmdk-stream) in="$out/$input.vmdk" ;; vhdx) in="$out/$input.vhdx" ;; esac
     tools=(qemu ours)
     [ "$input" = os-plain ] && tools+=(ours-S0)
     for t in "${tools[@]}"; do : >"$tmp/$input.$t"; done
@@ -148,6 +161,7 @@ for input in os-plain os-zlib os-zstd mixed; do
             os-plain:*) target=1.3 ;;
             os-zlib:*) target=1.5 ;;
             os-zstd:*) target=1.2 ;;
+            vmdk-stream:* | vhdx:*) target=1.0 ;;
             *) target=- ;;
         esac
         ours_med="$(median "$tmp/$input.$t")"

@@ -656,7 +656,10 @@ fn archive_is_extracted_into_the_target_directory() {
     let run = import(&nginx.url("files/tree.tar.gz"), &out, &["--content-type", "archive"]);
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     assert_eq!(tree_listing(&out), tree_listing(&images().join("tree")));
-    assert_eq!(std::fs::read_to_string(out.join("hosts")).expect("through the symlink"), "127.0.0.1 localhost\n");
+    assert_eq!(
+        std::fs::read_to_string(out.join("hosts")).expect("through the symlink"),
+        "127.0.0.1 localhost\n"
+    );
 }
 
 #[test]
@@ -667,7 +670,11 @@ fn archive_entries_leaving_the_target_are_refused_and_nothing_is_written() {
     ] {
         let nginx = Nginx::start();
         let dir = tempfile::tempdir().expect("output dir");
-        let run = import(&nginx.url(&format!("files/{name}")), &dir.path().join("fs"), &["--content-type", "archive"]);
+        let run = import(
+            &nginx.url(&format!("files/{name}")),
+            &dir.path().join("fs"),
+            &["--content-type", "archive"],
+        );
         assert_failed(&run, 5, needle, dir.path());
     }
 }
@@ -677,8 +684,11 @@ fn archive_with_a_wrong_checksum_leaves_the_target_untouched() {
     let nginx = Nginx::start();
     let dir = tempfile::tempdir().expect("output dir");
     let bad = format!("sha256:{}", "0".repeat(64));
-    let run =
-        import(&nginx.url("files/tree.tar.gz"), &dir.path().join("fs"), &["--content-type", "archive", "--checksum", &bad]);
+    let run = import(
+        &nginx.url("files/tree.tar.gz"),
+        &dir.path().join("fs"),
+        &["--content-type", "archive", "--checksum", &bad],
+    );
     assert_failed(&run, 6, "checksum mismatch", dir.path());
 }
 

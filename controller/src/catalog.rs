@@ -18,11 +18,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::api::datasource::ImportStatus;
 use crate::api::{
     Condition, ConditionStatus, DataImportCron, DataImportCronStatus, DataSource, DataSourceSource,
     DataSourceStatus, DataVolume, DataVolumePhase, NamespacedName, ObjectMeta, Timestamp,
 };
-use crate::api::datasource::ImportStatus;
 use crate::cron::Schedule;
 
 /// The digest the last poll found (on the cron).
@@ -115,7 +115,8 @@ pub fn plan_cron(observed: &CronObserved) -> Vec<CronStep> {
     let mut steps = Vec::new();
 
     // 1. Polling.
-    let schedule = Schedule::parse(&cron.spec.schedule).ok().filter(|_| !cron.spec.schedule.trim().is_empty());
+    let schedule =
+        Schedule::parse(&cron.spec.schedule).ok().filter(|_| !cron.spec.schedule.trim().is_empty());
     let last_poll = annotations.get(ANN_LAST_CRON_TIME).and_then(|t| Timestamp::parse_rfc3339(t));
     let next_poll = schedule.as_ref().and_then(|s| match last_poll {
         None => Some(now),
@@ -147,9 +148,17 @@ pub fn plan_cron(observed: &CronObserved) -> Vec<CronStep> {
                     if let Some(dv) = new_import(cron, &name, digest, now) {
                         steps.push(CronStep::CreateDataVolume(Box::new(dv)));
                     }
-                    status.current_imports = vec![ImportStatus { data_volume_name: name.clone(), digest: digest.clone() }];
+                    status.current_imports =
+                        vec![ImportStatus { data_volume_name: name.clone(), digest: digest.clone() }];
                     set(&mut status.conditions, "UpToDate", false, "Outdated", "Import is outdated", now);
-                    set(&mut status.conditions, "Progressing", false, "ImportScheduled", "Import is scheduled", now);
+                    set(
+                        &mut status.conditions,
+                        "Progressing",
+                        false,
+                        "ImportScheduled",
+                        "Import is scheduled",
+                        now,
+                    );
                 }
                 Some(DataVolumePhase::Succeeded) => {
                     if points_at.as_deref() != Some(name.as_str()) {
@@ -160,23 +169,40 @@ pub fn plan_cron(observed: &CronObserved) -> Vec<CronStep> {
                         ))));
                         status.last_import_timestamp = Some(now.to_rfc3339());
                     }
-                    status.current_imports = vec![ImportStatus { data_volume_name: name.clone(), digest: digest.clone() }];
-                    status.last_imported_pvc = Some(NamespacedName { namespace: ns.clone(), name: name.clone() });
+                    status.current_imports =
+                        vec![ImportStatus { data_volume_name: name.clone(), digest: digest.clone() }];
+                    status.last_imported_pvc =
+                        Some(NamespacedName { namespace: ns.clone(), name: name.clone() });
                     status.source_format = Some("pvc".into());
-                    set(&mut status.conditions, "UpToDate", true, "UpToDate", "Latest import is up to date", now);
+                    set(
+                        &mut status.conditions,
+                        "UpToDate",
+                        true,
+                        "UpToDate",
+                        "Latest import is up to date",
+                        now,
+                    );
                     set(&mut status.conditions, "Progressing", false, "NoImport", "No current import", now);
                 }
                 Some(phase) => {
-                    status.current_imports = vec![ImportStatus { data_volume_name: name.clone(), digest: digest.clone() }];
+                    status.current_imports =
+                        vec![ImportStatus { data_volume_name: name.clone(), digest: digest.clone() }];
                     set(&mut status.conditions, "UpToDate", false, "Outdated", "Import is outdated", now);
                     let (progressing, reason) = match phase {
                         DataVolumePhase::ImportInProgress => (true, "ImportProgressing".to_owned()),
-                        DataVolumePhase::ImportScheduled | DataVolumePhase::Pending | DataVolumePhase::Unset => {
-                            (false, "ImportScheduled".to_owned())
-                        }
+                        DataVolumePhase::ImportScheduled
+                        | DataVolumePhase::Pending
+                        | DataVolumePhase::Unset => (false, "ImportScheduled".to_owned()),
                         other => (false, phase_name(other)),
                     };
-                    set(&mut status.conditions, "Progressing", progressing, &reason, "Import in progress", now);
+                    set(
+                        &mut status.conditions,
+                        "Progressing",
+                        progressing,
+                        &reason,
+                        "Import in progress",
+                        now,
+                    );
                 }
             }
         }
@@ -198,7 +224,8 @@ pub fn plan_cron(observed: &CronObserved) -> Vec<CronStep> {
         let live = |i: &&ImportObserved| i.phase != DataVolumePhase::Failed;
         // The protected imports count against the budget; the rest are kept newest use first
         // (the name breaks ties so the plan is deterministic).
-        let budget = keep.saturating_sub(observed.imports.iter().filter(live).filter(|i| protected(&i.name)).count());
+        let budget =
+            keep.saturating_sub(observed.imports.iter().filter(live).filter(|i| protected(&i.name)).count());
         let mut others: Vec<&ImportObserved> =
             observed.imports.iter().filter(live).filter(|i| !protected(&i.name)).collect();
         others.sort_by(|a, b| b.last_use.cmp(&a.last_use).then_with(|| a.name.cmp(&b.name)));

@@ -194,7 +194,8 @@ mod tests {
     }
 
     fn next(schedule: &str, after: &str) -> String {
-        Timestamp(Schedule::parse(schedule).expect("parses").next_after(at(after)).expect("fires")).to_rfc3339()
+        Timestamp(Schedule::parse(schedule).expect("parses").next_after(at(after)).expect("fires"))
+            .to_rfc3339()
     }
 
     #[test]

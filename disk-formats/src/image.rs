@@ -1,6 +1,8 @@
 //! The [`Image`] trait every format reader implements, and the extent vocabulary the converter
 //! uses to read and write only data.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::Result;
@@ -63,6 +65,9 @@ pub struct ImageInfo {
     /// Wrappers removed before the format was seen (`gzip`, `xz`, `zstd`), outermost first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub compression_wrappers: Vec<String>,
+    /// Facts only one format has (VMDK `create_type`, VHD `disk_type` and `creator_app`, ...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub format_specific: BTreeMap<String, String>,
 }
 
 impl ImageInfo {
@@ -78,6 +83,7 @@ impl ImageInfo {
             features: Vec::new(),
             snapshots: Vec::new(),
             compression_wrappers: Vec::new(),
+            format_specific: BTreeMap::new(),
         }
     }
 }

@@ -1,16 +1,17 @@
 //! # disk-formats
 //!
-//! What a disk image is: probe by magic bytes, parse formats (raw, ISO, qcow2), strip
-//! compression wrappers (gzip, xz, zstd), map extents (data / zero / unallocated) and convert to
-//! raw, byte-identical to `qemu-img convert -O raw` and sparse.
+//! What a disk image is: probe by magic bytes, parse formats (raw, ISO, qcow2, VMDK, VHD, VHDX,
+//! VDI), strip compression wrappers (gzip, xz, zstd), map extents (data / zero / unallocated) and
+//! convert to raw, byte-identical to `qemu-img convert -O raw` and sparse.
 //!
 //! The crate is synchronous and pure over the [`ReadAt`] / [`WriteAt`] traits: no tokio, no
 //! network. The importer supplies HTTP-backed readers, `storage` supplies volumes.
 //!
 //! Main types:
 //! - [`probe::probe`] → [`Format`] from the first bytes.
-//! - [`open_image`] → a boxed [`Image`] (raw or qcow2) that can [`Image::map`] and
-//!   [`Image::read_at`].
+//! - [`open_image`] → a boxed [`Image`] (raw, qcow2, VMDK, VHD, VHDX, VDI) that can
+//!   [`Image::map`] and [`Image::read_at`]. The block-table formats share one engine
+//!   (`blockmap`): a format says how each block is stored, the engine coalesces and reads.
 //! - [`convert`] → writes an [`Image`] or a raw byte stream to a [`WriteAt`] target.
 //!
 //! ## Security
@@ -18,6 +19,7 @@
 //! data files, check every number read from disk with checked arithmetic and against the named
 //! limits in [`limits`], and refuse truncated images instead of reading zeros.
 
+mod blockmap;
 pub mod compress;
 pub mod convert;
 mod error;
@@ -27,6 +29,10 @@ pub mod limits;
 pub mod probe;
 pub mod qcow2;
 pub mod raw;
+pub mod vdi;
+pub mod vhd;
+pub mod vhdx;
+pub mod vmdk;
 
 use std::sync::Arc;
 
@@ -64,8 +70,14 @@ pub fn open_image(source: Arc<dyn ReadAt>, opts: &OpenOptions) -> Result<Box<dyn
 /// Opens `source` as `format` (already probed).
 pub fn open_as(source: Arc<dyn ReadAt>, format: Format, opts: &OpenOptions) -> Result<Box<dyn Image>> {
     let image: Box<dyn Image> = match format {
+        // A fixed VHD has its only footer in the last sector: no magic at the start.
+        Format::Raw if vhd::has_footer_at_end(&*source) => Box::new(vhd::VhdImage::open(source, opts)?),
         Format::Raw | Format::Iso => Box::new(raw::RawImage::open(source, format)?),
         Format::Qcow2 => Box::new(qcow2::Qcow2Image::open(source, opts)?),
+        Format::Vmdk => Box::new(vmdk::VmdkImage::open(source, opts)?),
+        Format::Vpc => Box::new(vhd::VhdImage::open(source, opts)?),
+        Format::Vhdx => Box::new(vhdx::VhdxImage::open(source, opts)?),
+        Format::Vdi => Box::new(vdi::VdiImage::open(source, opts)?),
         Format::Luks => {
             return Err(Error::unsupported("image is LUKS-encrypted; encrypted images are not supported"));
         }

@@ -85,6 +85,23 @@ fn is_zstd_skippable_frame(head: &[u8]) -> bool {
     head.get(..4).is_some_and(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]) & !0xf == 0x184d_2a50)
 }
 
+/// Whether `head` is VMDK descriptor text without the usual comment line: qemu recognises such a
+/// file by its lines (a `version=` line and an extent line), so we must too, to refuse its extents
+/// instead of converting the text as a raw disk.
+fn is_vmdk_descriptor(head: &[u8]) -> bool {
+    if head.len() >= crate::limits::PROBE_BYTES || head.contains(&0) {
+        return false;
+    }
+    let Ok(text) = std::str::from_utf8(head) else { return false };
+    let mut version = false;
+    let mut extent = false;
+    for line in text.lines().map(str::trim) {
+        version |= line.starts_with("version=");
+        extent |= ["RW ", "RDONLY ", "NOACCESS "].iter().any(|p| line.starts_with(p)) && line.contains('"');
+    }
+    version && extent
+}
+
 /// Recognises the format from the first bytes of a source (up to
 /// [`PROBE_BYTES`](crate::limits::PROBE_BYTES); fewer only when the source is shorter).
 pub fn probe(head: &[u8]) -> Format {
@@ -102,7 +119,7 @@ pub fn probe(head: &[u8]) -> Format {
     if starts(&[0x28, 0xb5, 0x2f, 0xfd]) || is_zstd_skippable_frame(head) {
         return Format::Zstd;
     }
-    if starts(b"KDMV") || starts(b"COWD") || starts(b"# Disk DescriptorFile") {
+    if starts(b"KDMV") || starts(b"COWD") || starts(b"# Disk DescriptorFile") || is_vmdk_descriptor(head) {
         return Format::Vmdk;
     }
     if starts(b"conectix") {
@@ -157,6 +174,19 @@ mod tests {
         let mut head = vec![0u8; 0x9000];
         head[ISO_MAGIC_OFFSET..ISO_MAGIC_OFFSET + 5].copy_from_slice(b"CD001");
         assert_eq!(probe(&head), Format::Iso);
+    }
+
+    #[test]
+    fn vmdk_vhd_vhdx_and_vdi_magics_are_recognised() {
+        assert_eq!(probe(b"KDMV\x01\0\0\0"), Format::Vmdk);
+        assert_eq!(probe(b"# Disk DescriptorFile\nversion=1\n"), Format::Vmdk);
+        assert_eq!(probe(b"version=1\nCID=1\nRW 8 FLAT \"/etc/passwd\" 0\n"), Format::Vmdk);
+        assert_eq!(probe(b"version=1\njust text\n"), Format::Raw);
+        assert_eq!(probe(b"conectix\0\0\0\x02"), Format::Vpc);
+        assert_eq!(probe(b"vhdxfile\0Q\0E\0M\0U"), Format::Vhdx);
+        let mut vdi = vec![0u8; 512];
+        vdi[VDI_SIGNATURE_OFFSET..VDI_SIGNATURE_OFFSET + 4].copy_from_slice(&VDI_SIGNATURE.to_le_bytes());
+        assert_eq!(probe(&vdi), Format::Vdi);
     }
 
     #[test]

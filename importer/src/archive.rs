@@ -326,7 +326,9 @@ fn prepare_parents(root: &Path, relative: &Path, shown: &str) -> Result<()> {
                     dir.strip_prefix(root).unwrap_or(&dir).display()
                 )));
             }
-            Err(_) => fs::create_dir(&dir).map_err(|e| io_error(format!("creating parent of {shown:?}"), e))?,
+            Err(_) => {
+                fs::create_dir(&dir).map_err(|e| io_error(format!("creating parent of {shown:?}"), e))?
+            }
         }
     }
     Ok(())

@@ -50,7 +50,9 @@ impl FromStr for Source {
                     Url::parse(text).map_err(|e| Error::config_with(format!("invalid URL {text:?}"), e))?;
                 Ok(Source::Http(url))
             }
-            Some("docker" | "oci") => Err(Error::Source(format!("{text} is a registry source: import it with importer::registry"))),
+            Some("docker" | "oci") => {
+                Err(Error::Source(format!("{text} is a registry source: import it with importer::registry")))
+            }
             Some(other) => {
                 Err(Error::Source(format!("unsupported source scheme {other}:// (use http:// or https://)")))
             }
@@ -215,7 +217,11 @@ pub async fn import_archive(
         if !is_tar(sniffed.format, &sniffed.head) {
             return Err(Error::Format(disk_formats::Error::invalid(format!(
                 "contentType archive needs a tar archive, but the source holds {}",
-                if sniffed.format.is_raw() { "no tar header".to_string() } else { sniffed.format.to_string() }
+                if sniffed.format.is_raw() {
+                    "no tar header".to_string()
+                } else {
+                    sniffed.format.to_string()
+                }
             ))));
         }
         extract_archive_then(sniffed.reader, &target, &limits, || {

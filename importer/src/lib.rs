@@ -41,10 +41,13 @@ pub mod registry;
 mod retry;
 pub mod tls;
 
+pub use archive::{ArchiveLimits, ArchiveStats};
 pub use checksum::{Algorithm, Checksum, Hasher};
 pub use error::{BoxError, Error, Result};
 pub use http::{HttpOptions, MAX_REDIRECTS, RangeOptions};
-pub use archive::{ArchiveLimits, ArchiveStats};
-pub use import::{ImportOptions, ImportStats, Method, Source, import, import_archive, import_archive_blocking, import_blocking};
+pub use import::{
+    ImportOptions, ImportStats, Method, Source, import, import_archive, import_archive_blocking,
+    import_blocking,
+};
 pub use progress::{Progress, Snapshot};
 pub use retry::RetryPolicy;

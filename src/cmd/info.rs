@@ -76,6 +76,12 @@ fn print_human(name: &str, info: &ImageInfo, allocated: u64) {
     if !info.features.is_empty() {
         println!("features: {}", info.features.join(", "));
     }
+    if !info.format_specific.is_empty() {
+        println!("Format specific information:");
+        for (key, value) in &info.format_specific {
+            println!("    {key}: {value}");
+        }
+    }
     if !info.snapshots.is_empty() {
         println!("Snapshot list:");
         println!("{:<10} {:<20} {:>16}", "ID", "TAG", "VM SIZE");

@@ -77,7 +77,10 @@ fn deleted(steps: &[CronStep]) -> Vec<&str> {
 fn names_and_urls_follow_cdi() {
     assert_eq!(import_name("fedora", DIGEST), "fedora-0123456789ab");
     let table = [
-        ("docker://127.0.0.1:5000/containerdisks/fedora:latest", "docker://127.0.0.1:5000/containerdisks/fedora@sha256:1"),
+        (
+            "docker://127.0.0.1:5000/containerdisks/fedora:latest",
+            "docker://127.0.0.1:5000/containerdisks/fedora@sha256:1",
+        ),
         ("docker://127.0.0.1:5000/fedora", "docker://127.0.0.1:5000/fedora@sha256:1"),
         ("docker://quay.io/fedora@sha256:0", "docker://quay.io/fedora@sha256:1"),
         ("docker://fedora:40", "docker://fedora@sha256:1"),
@@ -122,7 +125,10 @@ fn a_new_digest_creates_a_pinned_labelled_data_volume() {
     let url = dv.spec.source.as_ref().and_then(|s| s.registry.as_ref()).and_then(|r| r.url.as_deref());
     assert_eq!(url, Some(format!("docker://127.0.0.1:5000/containerdisks/fedora@{DIGEST}").as_str()));
     // Next poll at the next 12-hour mark.
-    assert_eq!(steps.last(), Some(&CronStep::RequeueAt(Timestamp::parse_rfc3339("2026-11-28T00:00:00Z").expect("t"))));
+    assert_eq!(
+        steps.last(),
+        Some(&CronStep::RequeueAt(Timestamp::parse_rfc3339("2026-11-28T00:00:00Z").expect("t")))
+    );
 }
 
 #[test]
@@ -136,8 +142,11 @@ fn retention_policy_none_labels_imports_for_cleanup() {
 
 #[test]
 fn an_import_in_progress_is_progressing() {
-    let steps =
-        plan_cron(&observe(polled(Some(DIGEST)), vec![import("fedora-0123456789ab", DataVolumePhase::ImportInProgress, 1)], None));
+    let steps = plan_cron(&observe(
+        polled(Some(DIGEST)),
+        vec![import("fedora-0123456789ab", DataVolumePhase::ImportInProgress, 1)],
+        None,
+    ));
     let status = status_of(&steps);
     assert_eq!(condition(status, "Progressing"), (&ConditionStatus::True, "ImportProgressing"));
     assert!(!steps.iter().any(|s| matches!(s, CronStep::CreateDataVolume(_) | CronStep::ApplyDataSource(_))));
@@ -212,7 +221,8 @@ fn planning_again_after_the_status_was_written_changes_nothing() {
 #[test]
 fn data_source_readiness_follows_its_pvc() {
     let mut ds = DataSource::default();
-    ds.spec.source.pvc = Some(NamespacedName { namespace: "golden".into(), name: "fedora-0123456789ab".into() });
+    ds.spec.source.pvc =
+        Some(NamespacedName { namespace: "golden".into(), name: "fedora-0123456789ab".into() });
     let table = [
         (SourceObserved::NoSource, false, "NoSource"),
         (SourceObserved::NotFound, false, "NotFound"),
@@ -223,7 +233,10 @@ fn data_source_readiness_follows_its_pvc() {
     for (observed, ready, reason) in table {
         let status = data_source_status(&ds, &observed, NOW);
         let c = &status.conditions[0];
-        assert_eq!((c.type_.as_str(), c.status == ConditionStatus::True, c.reason.as_deref()), ("Ready", ready, Some(reason)));
+        assert_eq!(
+            (c.type_.as_str(), c.status == ConditionStatus::True, c.reason.as_deref()),
+            ("Ready", ready, Some(reason))
+        );
         assert_eq!(status.source.is_some(), ready);
     }
 }

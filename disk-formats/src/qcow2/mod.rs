@@ -161,7 +161,7 @@ impl Qcow2Image {
     ) -> Result<(Layout, Vec<SnapshotInfo>)> {
         let cluster_size = header.cluster_size();
         let aligned = |name: &str, offset: u64| {
-            if offset % cluster_size == 0 {
+            if offset.is_multiple_of(cluster_size) {
                 Ok(())
             } else {
                 Err(Error::invalid(format!(
@@ -234,7 +234,7 @@ impl Qcow2Image {
     fn check_l2_placement(&self, host: u64, guest: u64) -> Result<()> {
         let cluster_size = self.geo.cluster_size();
         let what = format!("L2 table for guest offset {guest} at host offset {host}");
-        if host % cluster_size != 0 {
+        if !host.is_multiple_of(cluster_size) {
             return Err(Error::invalid(format!("{what} is not cluster-aligned")));
         }
         if host.checked_add(cluster_size).is_none_or(|end| end > self.file_size) {
@@ -457,6 +457,7 @@ impl Image for Qcow2Image {
             features: self.header.feature_names(),
             snapshots: self.snapshots.clone(),
             compression_wrappers: Vec::new(),
+            format_specific: Default::default(),
         }
     }
 
