@@ -26,7 +26,7 @@ const DISK_SIZE: u64 = 48 << 20;
 fn images() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("import-http-images-v2");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("import-http-images-v3");
         if !dir.join("done").exists() {
             let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
@@ -96,9 +96,16 @@ fn make_images(dir: &Path) {
         let out = std::fs::File::create(dir.join(output)).expect("creating a compressed image");
         run_ok(Command::new(tool).args(args).arg(dir.join(input)).stdout(out));
     }
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized"])
+            .arg(&raw)
+            .arg(dir.join("img.vmdk")),
+    );
+    run_ok(Command::new("qemu-img").args(["create", "-q", "-f", "qed"]).arg(dir.join("img.qed")).arg("48M"));
     make_archives(dir);
     // The oracle: what qemu-img makes of each image.
-    for name in ["raw.img", "img.qcow2", "imgz.qcow2"] {
+    for name in ["raw.img", "img.qcow2", "imgz.qcow2", "img.vmdk"] {
         let converted = dir.join(format!("{name}.oracle"));
         run_ok(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(dir.join(name)).arg(&converted));
         std::fs::write(dir.join(format!("{name}.sha256")), sha256_file(&converted))
@@ -531,6 +538,21 @@ fn qcow2_over_max_virtual_size_is_refused() {
     let (dir, out) = out_dir();
     let run = import(&nginx.url("files/img.qcow2"), &out, &["--max-virtual-size", "16M"]);
     assert_failed(&run, 7, "exceeds the limit of 16777216 bytes", dir.path());
+}
+
+#[test]
+fn stream_optimized_vmdk_goes_through_scratch() {
+    let nginx = Nginx::start();
+    let (_dir, out) = out_dir();
+    assert_imported(&import(&nginx.url("files/img.vmdk"), &out, &[]), &out, "img.vmdk");
+}
+
+#[test]
+fn formats_we_do_not_read_are_refused_before_downloading() {
+    let nginx = Nginx::start();
+    let (dir, out) = out_dir();
+    let run = import(&nginx.url("files/img.qed"), &out, &[]);
+    assert_failed(&run, 4, "image format qed is not supported", dir.path());
 }
 
 #[test]

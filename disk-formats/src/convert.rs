@@ -165,6 +165,18 @@ pub fn convert_stream(
     Ok(ConvertStats { virtual_size, data_bytes: data_bytes.into_inner() })
 }
 
+/// Refuses, before anything is downloaded or unpacked, content that no reader here converts
+/// (LUKS, QED, qcow v1, ...), naming the format.
+///
+/// # Errors
+/// [`crate::ErrorKind::Unsupported`] for such formats.
+pub fn ensure_convertible(format: Format) -> Result<()> {
+    if format.is_readable() {
+        return Ok(());
+    }
+    Err(Error::unsupported(format!("image format {format} is not supported")))
+}
+
 /// A byte stream with its compression wrappers removed and its format recognised.
 pub struct Sniffed<'a> {
     /// Wrappers removed, outermost first.

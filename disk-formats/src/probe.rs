@@ -66,6 +66,12 @@ impl Format {
     pub fn is_raw(self) -> bool {
         matches!(self, Format::Raw | Format::Iso)
     }
+
+    /// Whether [`crate::open_as`] reads this format (raw, ISO, qcow2, VMDK, VHD, VHDX, VDI).
+    pub fn is_readable(self) -> bool {
+        self.is_raw()
+            || matches!(self, Format::Qcow2 | Format::Vmdk | Format::Vpc | Format::Vhdx | Format::Vdi)
+    }
 }
 
 impl fmt::Display for Format {

@@ -325,7 +325,7 @@ async fn convert_streamed(
         let mut reader = ChannelReader::new(rx);
         let sniffed = sniff(Box::new(reader.clone()))?;
         let (format, wrappers) = (sniffed.format, sniffed.wrappers.clone());
-        check_convertible(format)?;
+        disk_formats::convert::ensure_convertible(format)?;
         if format == Format::Qcow2 {
             precheck_qcow2_header(&sniffed.head, &open)?;
         }
@@ -376,18 +376,6 @@ fn precheck_qcow2_header(head: &[u8], open: &OpenOptions) -> Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-/// Formats the stream path can convert today (raw and ISO directly, qcow2 via scratch). Others
-/// are refused before anything is downloaded to scratch; extend this list as
-/// `disk_formats::open_as` learns formats.
-fn check_convertible(format: Format) -> Result<()> {
-    if format.is_raw() || format == Format::Qcow2 {
-        return Ok(());
-    }
-    Err(Error::Format(disk_formats::Error::unsupported(format!(
-        "image format {format} is not supported yet"
-    ))))
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ fn write_volume_inner(reader: &mut ChannelReader, target: &UploadTarget) -> Resu
     if sniffed.head.is_empty() {
         return Err(disk_formats::Error::invalid("the upload is empty").into());
     }
-    check_convertible(format)?;
+    disk_formats::convert::ensure_convertible(format)?;
     if format == Format::Qcow2 {
         precheck_qcow2_header(&sniffed.head, &open)?;
     }
@@ -162,15 +162,6 @@ fn write_volume_inner(reader: &mut ChannelReader, target: &UploadTarget) -> Resu
         data_bytes: stats.data_bytes,
         received: 0,
     })
-}
-
-/// Formats the stream path converts (raw and ISO directly, qcow2 via scratch); others are
-/// refused before anything is written.
-fn check_convertible(format: Format) -> Result<()> {
-    if format.is_raw() || format == Format::Qcow2 {
-        return Ok(());
-    }
-    Err(disk_formats::Error::unsupported(format!("image format {format} is not supported for upload")).into())
 }
 
 /// Refuses a hostile or unsupported qcow2 from its first bytes, before it is unpacked to

@@ -245,11 +245,7 @@ impl Read for PipeReader {
 fn convert_piped(pipe: PipeReader, target: &Target<'_>) -> Result<(Format, Vec<Format>, ConvertStats)> {
     let sniffed = sniff(Box::new(pipe))?;
     let (format, wrappers) = (sniffed.format, sniffed.wrappers.clone());
-    if !(format.is_raw() || format == Format::Qcow2) {
-        return Err(Error::Format(disk_formats::Error::unsupported(format!(
-            "the disk is {format}, which is not supported yet"
-        ))));
-    }
+    disk_formats::convert::ensure_convertible(format)?;
     let volume = Volume::create(target.path, None, target.open.max_virtual_size, target.create)?;
     let stats = convert_sniffed(
         sniffed,
