@@ -563,11 +563,9 @@ pub fn validate_data_import_cron(cron: &DataImportCron) -> Result {
         ));
     }
     validate_data_volume_spec(template, field)?;
-    if !spec.schedule.is_empty() && spec.schedule.split_whitespace().count() != 5 {
-        return Err(ValidationError::invalid(
-            "spec.schedule",
-            format!("Illegal cron schedule {:?}: want 5 fields", spec.schedule),
-        ));
+    if !spec.schedule.trim().is_empty() {
+        crate::cron::Schedule::parse(&spec.schedule)
+            .map_err(|e| ValidationError::invalid("spec.schedule", format!("Illegal cron schedule: {e}")))?;
     }
     if let Some(gc) = spec.garbage_collect.as_deref().filter(|gc| !matches!(*gc, "Outdated" | "Never")) {
         return Err(ValidationError::invalid(

@@ -38,6 +38,7 @@ pub fn run(args: &ApplyArgs) -> Result<()> {
         let (resource, object) = match manifest {
             Manifest::DataVolume(dv) => (client::DATAVOLUMES, serde_json::to_value(dv)?),
             Manifest::DataSource(ds) => (client::DATASOURCES, serde_json::to_value(ds)?),
+            Manifest::DataImportCron(cron) => (client::DATAIMPORTCRONS, serde_json::to_value(cron)?),
             other => {
                 eprintln!(
                     "{shown}: document {}: skipped {}: not served by diskplane serve",

@@ -30,13 +30,18 @@ pub const DATAVOLUMES: Resource =
     Resource { plural: "datavolumes", kind: "DataVolume", singular: "datavolume" };
 pub const DATASOURCES: Resource =
     Resource { plural: "datasources", kind: "DataSource", singular: "datasource" };
+pub const DATAIMPORTCRONS: Resource =
+    Resource { plural: "dataimportcrons", kind: "DataImportCron", singular: "dataimportcron" };
 
 /// Resolves a KIND argument as kubectl does (`dv`, `datavolume`, `datavolumes`, …).
 pub fn resource(kind: &str) -> Result<Resource> {
     match kind.to_ascii_lowercase().as_str() {
         "dv" | "dvs" | "datavolume" | "datavolumes" | "datavolumes.cdi.kubevirt.io" => Ok(DATAVOLUMES),
         "das" | "datasource" | "datasources" | "datasources.cdi.kubevirt.io" => Ok(DATASOURCES),
-        _ => bail!("the server doesn't have a resource type {kind:?} (use dv or das)"),
+        "dic" | "dics" | "dataimportcron" | "dataimportcrons" | "dataimportcrons.cdi.kubevirt.io" => {
+            Ok(DATAIMPORTCRONS)
+        }
+        _ => bail!("the server doesn't have a resource type {kind:?} (use dv, das or dic)"),
     }
 }
 

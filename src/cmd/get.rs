@@ -8,7 +8,7 @@ use super::client::{self, Client, Resource, ServerArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// dv (datavolume) or das (datasource).
+    /// dv (datavolume), das (datasource) or dic (dataimportcron).
     kind: String,
     /// One object; all in the namespace when omitted.
     name: Option<String>,

@@ -1,7 +1,8 @@
 //! `diskplane serve`: the embedded mode. One process holding the state store and the storage
 //! pool under `--data-dir`, the reconcile loop with its in-process workers, and the HTTP API
-//! (see `controller::server`) on `--listen`. Prints `listening on http://ADDR` once it accepts
-//! connections; stops on SIGINT / SIGTERM.
+//! (see `controller::server`) on `--listen`, with CDI's upload routes and UploadTokenRequest on
+//! the same listener (tokens signed with `--upload-token-key`). Prints
+//! `listening on http://ADDR` once it accepts connections; stops on SIGINT / SIGTERM.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use controller::local::DriverOptions;
+use uploader::token::TokenKey;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -25,6 +27,10 @@ pub struct ServeArgs {
     /// (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registries: Vec<String>,
+    /// File whose bytes (at least 16) sign upload tokens, so tokens survive a restart
+    /// (e.g. `head -c 32 /dev/urandom > key`). Default: a random key per start.
+    #[arg(long, value_name = "FILE")]
+    upload_token_key: Option<PathBuf>,
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -33,6 +39,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let mut opts = DriverOptions::new(args.data_dir.clone());
     opts.concurrency = usize::from(args.workers);
     opts.insecure_registries = args.insecure_registries.clone();
+    let upload_key = match &args.upload_token_key {
+        Some(path) => TokenKey::from_file(path).map_err(anyhow::Error::msg)?,
+        None => TokenKey::random().context("making a random upload token key")?,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("diskplane-serve")
@@ -40,7 +50,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime
-        .block_on(controller::server::serve(opts, args.listen, |addr| {
+        .block_on(controller::server::serve(opts, args.listen, upload_key, |addr| {
             let mut stdout = std::io::stdout();
             let _ = writeln!(stdout, "listening on http://{addr}");
             let _ = stdout.flush();

@@ -106,6 +106,7 @@ pub fn run(args: &UploadArgs) -> Result<()> {
         {
             eprintln!("created DataVolume {ns}/{name}");
         }
+        wait_upload_ready(&server, ns, name).await?;
         let token = match &args.token {
             Some(token) => token.clone(),
             None => client.request_token(&server, ns, name).await?,
@@ -118,10 +119,41 @@ pub fn run(args: &UploadArgs) -> Result<()> {
         sent?;
         eprintln!("uploaded {}; waiting for DataVolume {ns}/{name}", args.image_path.display());
         let timeout = Duration::from_secs(args.wait_timeout_secs);
-        client.wait_datavolume(&server, ns, name, Duration::from_secs(1), timeout).await
+        client.wait_datavolume(&server, ns, name, Duration::from_secs(1), timeout).await?;
+        anyhow::Ok(())
     })?;
     eprintln!("DataVolume {ns}/{name} Succeeded");
     Ok(())
+}
+
+/// How long a DataVolume may take to become `UploadReady` (its volume is created first).
+const UPLOAD_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Polls the DataVolume until it takes uploads (`UploadReady`), like virtctl does; returns at
+/// once for phases where waiting is pointless (`Succeeded`: the server answers 409).
+async fn wait_upload_ready(server: &uploader::client::Url, ns: &str, name: &str) -> Result<()> {
+    let url = server
+        .join(&format!("apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/datavolumes/{name}"))
+        .context("building the DataVolume URL")?;
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + UPLOAD_READY_TIMEOUT;
+    loop {
+        let response = http.get(url.clone()).send().await.context("reading the DataVolume")?;
+        let status = response.status();
+        let text = response.text().await.context("reading the DataVolume")?;
+        anyhow::ensure!(status.is_success(), "reading DataVolume {ns}/{name}: {status}: {text}");
+        let object: serde_json::Value = serde_json::from_str(&text).context("the DataVolume is not JSON")?;
+        match object["status"]["phase"].as_str().unwrap_or("") {
+            "UploadReady" | "Succeeded" => return Ok(()),
+            "Failed" => anyhow::bail!("DataVolume {ns}/{name} has failed; it takes no upload"),
+            phase => anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "DataVolume {ns}/{name} did not become UploadReady within {} s (phase {phase:?})",
+                UPLOAD_READY_TIMEOUT.as_secs()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn reqwest_url(text: &str) -> Result<uploader::client::Url> {

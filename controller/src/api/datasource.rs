@@ -110,6 +110,8 @@ pub struct DataImportCronStatus {
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
     pub current_imports: Vec<ImportStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// CDI spells it with a capital `PVC`.
+    #[serde(rename = "lastImportedPVC")]
     pub last_imported_pvc: Option<NamespacedName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_execution_timestamp: Option<String>,

@@ -30,9 +30,11 @@
 //!   DataVolumes fail with a message saying so. `volumeMode: Block`, `contentType: archive`
 //!   and snapshot sources are not supported yet and fail the same way.
 
+pub mod catalog;
 pub mod error;
 pub mod pool;
 pub mod store;
+pub mod upload;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -216,6 +218,13 @@ impl Driver {
                 Err(e) => {
                     eprintln!("diskplane serve: reconcile: {}", worker::one_line(&e));
                     false
+                }
+            };
+            let worked = match self.reconcile_catalogs().await {
+                Ok(w) => worked | w,
+                Err(e) => {
+                    eprintln!("diskplane serve: reconcile catalogs: {}", worker::one_line(&e));
+                    worked
                 }
             };
             if worked && immediate < MAX_IMMEDIATE_PASSES {

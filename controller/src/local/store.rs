@@ -181,6 +181,50 @@ impl Store {
         Ok(Some(object))
     }
 
+    /// Changes the object with this `uid` in place (`change` edits metadata and spec; a
+    /// recreated object of the same name is not touched), bumps its resourceVersion, and its
+    /// generation when the spec changed. `None` when the object is gone.
+    ///
+    /// # Errors
+    /// [`Error::Store`] on database failures.
+    pub fn modify(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        change: impl FnOnce(&mut Value),
+    ) -> Result<Option<Value>> {
+        let key = key(resource, namespace, name);
+        let txn = self.db.begin_write().map_err(|e| Error::store("starting a transaction", e))?;
+        let object = {
+            let mut table = txn.open_table(OBJECTS).map_err(|e| Error::store("opening objects", e))?;
+            let current =
+                table.get(key.as_str()).map_err(|e| Error::store("reading", e))?.map(|g| parse(g.value()));
+            let mut object = match current {
+                Some(object) => object?,
+                None => return Ok(None),
+            };
+            if object["metadata"]["uid"].as_str() != Some(uid) {
+                return Ok(None);
+            }
+            let spec = object["spec"].clone();
+            change(&mut object);
+            let version = next_version(&txn)?;
+            object["metadata"]["resourceVersion"] = json!(version.to_string());
+            if object["spec"] != spec {
+                let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
+                object["metadata"]["generation"] = json!(generation + 1);
+            }
+            let text = serde_json::to_string(&object).map_err(Error::json)?;
+            table.insert(key.as_str(), text.as_str()).map_err(|e| Error::store("writing", e))?;
+            object
+        };
+        txn.commit().map_err(|e| Error::store("committing", e))?;
+        self.emit("MODIFIED", resource, namespace, &object);
+        Ok(Some(object))
+    }
+
     /// Removes the object and returns it as it was.
     ///
     /// # Errors
@@ -309,6 +353,24 @@ mod tests {
         let v = |o: &Value| o["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap();
         assert!(v(&updated) > v(&created));
         assert_eq!(store.update_status("datavolumes", "ns", "a", "other-uid", json!({})).unwrap(), None);
+    }
+
+    #[test]
+    fn modify_bumps_generation_only_for_spec_changes_and_respects_the_uid() {
+        let (_dir, store) = store();
+        let created = store.create("datasources", "ns", object("a"), Timestamp(0)).unwrap();
+        let uid = created["metadata"]["uid"].as_str().unwrap();
+        let annotated = store
+            .modify("datasources", "ns", "a", uid, |o| o["metadata"]["annotations"] = json!({"k": "v"}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(annotated["metadata"]["generation"], 1);
+        assert_eq!(annotated["metadata"]["annotations"]["k"], "v");
+        let respec =
+            store.modify("datasources", "ns", "a", uid, |o| o["spec"] = json!({"x": 1})).unwrap().unwrap();
+        assert_eq!(respec["metadata"]["generation"], 2);
+        assert_eq!(store.get("datasources", "ns", "a").unwrap(), Some(respec));
+        assert_eq!(store.modify("datasources", "ns", "a", "other-uid", |_| {}).unwrap(), None);
     }
 
     #[test]

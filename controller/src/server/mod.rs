@@ -7,9 +7,12 @@
 //! POST   /apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/{resource}          create (201, 409, 422)
 //! GET    /apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/{resource}/{name}   get (404)
 //! DELETE /apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/{resource}/{name}   delete (+ the volume)
+//! POST   /apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/dataimportcrons/{name}/poll   poll now
 //! GET    /healthz  /readyz  /metrics
+//! POST   /apis/upload.cdi.kubevirt.io/v1beta1/namespaces/{ns}/uploadtokenrequests
+//! POST   /v1beta1/upload (-async, -form, -form-async; /v1alpha1/ twins)   see [`upload`]
 //! ```
-//! `{resource}` is `datavolumes` or `datasources`. Bodies are JSON. Errors are Kubernetes
+//! `{resource}` is `datavolumes`, `datasources` or `dataimportcrons`. Bodies are JSON. Errors are Kubernetes
 //! `Status` objects (`status::Failure`, `reason`, `code`, `details.causes[]`), mapped in one
 //! place ([`status`]). A watch streams one JSON event per line, `{"type", "object"}`: first
 //! `ADDED` for every existing object, then changes as they are committed.
@@ -19,6 +22,7 @@
 //! - Objects are immutable once created (CDI's spec is immutable); there is no PUT/PATCH.
 
 mod status;
+mod upload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,10 +32,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::api::datavolume::API_VERSION;
+use crate::local::catalog::DATAIMPORTCRONS;
 use crate::local::store::Event;
 use crate::local::{DATASOURCES, DATAVOLUMES, Driver, DriverOptions};
 use crate::manifest::{Manifest, to_manifest};
@@ -40,24 +45,37 @@ pub use status::ApiError;
 
 /// Builds the router over a driver.
 pub fn app(driver: Arc<Driver>) -> Router {
+    api(driver).route("/healthz", get(|| async { "ok" }))
+}
+
+/// [`app`] plus `UploadTokenRequest` and the upload routes (see [`upload`]), tokens signed
+/// with `upload_key`. `/healthz` is the upload router's.
+pub fn app_with_uploads(driver: Arc<Driver>, upload_key: uploader::token::TokenKey) -> Router {
+    api(Arc::clone(&driver)).merge(upload::routes(driver, upload_key))
+}
+
+/// The API routes without `/healthz`.
+fn api(driver: Arc<Driver>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/apis/cdi.kubevirt.io/v1beta1/{resource}", get(list_all))
         .route("/apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/{resource}", get(list).post(create))
         .route("/apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/{resource}/{name}", get(read).delete(delete))
+        .route("/apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/dataimportcrons/{name}/poll", post(poll))
         .with_state(driver)
 }
 
-/// Opens the data dir, binds `listen`, runs the reconcile loop and serves the API until
-/// SIGINT or SIGTERM. `on_listening` is called with the bound address (port 0 picks one).
+/// Opens the data dir, binds `listen`, runs the reconcile loop and serves the API and the
+/// upload routes (tokens signed with `upload_key`) until SIGINT or SIGTERM. `on_listening` is
+/// called with the bound address (port 0 picks one).
 ///
 /// # Errors
 /// The data dir cannot be used, or `listen` cannot be bound.
 pub async fn serve(
     opts: DriverOptions,
     listen: SocketAddr,
+    upload_key: uploader::token::TokenKey,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let driver = Driver::open(opts)?;
@@ -65,7 +83,7 @@ pub async fn serve(
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("binding {listen}: {e}"))?;
     on_listening(listener.local_addr()?);
     let reconciler = tokio::spawn(Arc::clone(&driver).run());
-    let server = axum::serve(listener, app(driver));
+    let server = axum::serve(listener, app_with_uploads(driver, upload_key));
     let result = tokio::select! {
         r = server => r.map_err(Into::into),
         () = shutdown_signal() => Ok(()),
@@ -91,6 +109,7 @@ fn kind_of(resource: &str) -> Option<&'static str> {
     match resource {
         DATAVOLUMES => Some("DataVolume"),
         DATASOURCES => Some("DataSource"),
+        DATAIMPORTCRONS => Some("DataImportCron"),
         _ => None,
     }
 }
@@ -254,7 +273,9 @@ async fn create(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()))?;
     if !matches!(
         (&manifest, kind),
-        (Manifest::DataVolume(_), "DataVolume") | (Manifest::DataSource(_), "DataSource")
+        (Manifest::DataVolume(_), "DataVolume")
+            | (Manifest::DataSource(_), "DataSource")
+            | (Manifest::DataImportCron(_), "DataImportCron")
     ) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -265,8 +286,41 @@ async fn create(
     if let Err(e) = validate_manifest(&manifest) {
         return Err(ApiError::invalid(kind, &name, &e.field, &e.message));
     }
+    if let Manifest::DataImportCron(cron) = &manifest
+        && let Err((field, message)) = served_cron(cron)
+    {
+        return Err(ApiError::invalid(kind, &name, field, &message));
+    }
     let created = driver.create(&resource, &ns, object)?;
     Ok(json_response(StatusCode::CREATED, &created))
+}
+
+/// What the embedded driver needs of a DataImportCron beyond CDI's validation: a schedule
+/// that parses, a registry source with a URL. `(field, message)` otherwise.
+fn served_cron(cron: &crate::api::DataImportCron) -> Result<(), (&'static str, String)> {
+    if !cron.spec.schedule.trim().is_empty()
+        && let Err(e) = crate::cron::Schedule::parse(&cron.spec.schedule)
+    {
+        return Err(("spec.schedule", e.to_string()));
+    }
+    let source = cron.spec.template.spec.source.as_ref();
+    if source.and_then(|s| s.registry.as_ref()).and_then(|r| r.url.as_ref()).is_none() {
+        return Err((
+            "spec.template.spec.source",
+            "the embedded driver polls only registry sources with a url".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Polls a DataImportCron now (whatever its schedule) and answers with the cron as stored
+/// afterwards: the new digest in its annotations, or a `Polled=False` condition.
+async fn poll(
+    State(driver): State<Arc<Driver>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let cron = driver.poll_cron(&ns, &name).await?;
+    Ok(json_response(StatusCode::OK, &cron))
 }
 
 /// Five lowercase alphanumerics, like Kubernetes' generateName suffix (from the kernel's

@@ -173,6 +173,28 @@ pub async fn import_registry(
     ))
 }
 
+/// The manifest digest (`sha256:…`) the tag of `source` (`docker://…`) points at now, as a
+/// registry `HEAD` (or `GET`) of the manifest reports it: what a DataImportCron polls. Uses
+/// `http`'s CA bundle, plain-HTTP (`insecure`) and credentials like [`import_registry`].
+///
+/// # Errors
+/// [`Error::Source`] / [`Error::Config`] for a bad reference; [`Error::Registry`] when the
+/// registry cannot be reached or does not know the image.
+pub async fn resolve_digest(source: &str, http: &HttpOptions) -> Result<String> {
+    let reference = parse_reference(source)?;
+    let ctx = Context {
+        image: reference.whole(),
+        registry: reference.resolve_registry().to_owned(),
+        username: http.username.clone(),
+    };
+    let client = Client::new(client_config(&ctx.registry, http)?);
+    let auth = match (&http.username, &http.password) {
+        (Some(user), Some(password)) => RegistryAuth::Basic(user.clone(), password.clone()),
+        _ => RegistryAuth::Anonymous,
+    };
+    client.fetch_manifest_digest(&reference, &auth).await.map_err(|e| ctx.map(e))
+}
+
 /// The image manifest for `platform`: the reference's own, or the one its index lists.
 async fn image_manifest(
     client: &Client,

@@ -1,0 +1,221 @@
+//! Uploads into DataVolumes: the [`UploadBackend`] of `diskplane serve`, over the local
+//! [`Driver`].
+//!
+//! A token names `namespace/name`; [`DriverUploads::begin`](UploadBackend::begin) decides
+//! from the store and the worker whether that DataVolume takes an upload now:
+//!
+//! | DataVolume | answer |
+//! | --- | --- |
+//! | missing, or no `spec.source.upload` | 404 |
+//! | `Succeeded` (or its upload just finished) | 409 |
+//! | an upload to it is running | 503 |
+//! | not `UploadReady` yet (volume being created, retry back-off) | 503 |
+//! | `UploadReady` | the upload writes the pool's partial file, at most the virtual size |
+//!
+//! The end of an upload goes to [`Driver::upload_finished`]: success commits the partial file
+//! as `disk.img` and the DataVolume becomes `Succeeded`; a failure is a retryable worker
+//! failure (phase stays `UploadReady`, the Running condition carries the message, and uploads
+//! are taken again once the driver's retry back-off has passed).
+//!
+//! ## Main types
+//! - [`DriverUploads`]: the backend; one per server.
+//!
+//! ## Caveats
+//! - `status.progress` is not updated during an upload: the driver derives it from its
+//!   worker's counters, which only the in-process import workers feed. Bytes received are
+//!   kept here ([`DriverUploads::received`]) for when the worker exposes a setter.
+//! - The file volume is written without preallocation (the upload fills what it has).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use storage::CreateOptions;
+use uploader::backend::{Refusal, UploadBackend, UploadStats, UploadTarget};
+use uploader::token::Claims;
+
+use super::{DATAVOLUMES, Driver};
+use crate::api::datavolume::{SourceKind, reason};
+use crate::api::{DataVolume, DataVolumePhase};
+use crate::plan::{WorkerFailure, WorkerState};
+
+/// The operation of upload tokens (see `uploader::token`).
+const OPERATION_UPLOAD: &str = "Upload";
+
+/// Bytes received so far and the announced body length, per running upload.
+type InFlight = HashMap<(String, String), (u64, Option<u64>)>;
+
+/// The upload backend of the embedded server.
+#[derive(Debug)]
+pub struct DriverUploads {
+    driver: Arc<Driver>,
+    in_flight: Mutex<InFlight>,
+}
+
+impl DriverUploads {
+    /// A backend writing into `driver`'s DataVolumes.
+    pub fn new(driver: Arc<Driver>) -> DriverUploads {
+        DriverUploads { driver, in_flight: Mutex::new(HashMap::new()) }
+    }
+
+    fn in_flight(&self) -> MutexGuard<'_, InFlight> {
+        // The map stays consistent even if a holder panicked.
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Body bytes received by the running upload to `namespace/name`, and the body's
+    /// announced length; `None` when no upload to it is running.
+    pub fn received(&self, namespace: &str, name: &str) -> Option<(u64, Option<u64>)> {
+        self.in_flight().get(&(namespace.to_owned(), name.to_owned())).copied()
+    }
+}
+
+/// The upload DataVolume `namespace/name` of `driver`'s store, or why there is none: the check
+/// behind an UploadTokenRequest and an upload (a 404 either way).
+///
+/// # Errors
+/// A message saying what is missing.
+pub fn upload_datavolume(driver: &Driver, namespace: &str, name: &str) -> Result<DataVolume, String> {
+    let object = driver.store().get(DATAVOLUMES, namespace, name).ok().flatten();
+    match object.and_then(|o| serde_json::from_value::<DataVolume>(o).ok()) {
+        None => Err(format!("DataVolume {namespace}/{name} not found")),
+        Some(dv) if dv.spec.source.as_ref().and_then(|s| s.kind()) != Some(SourceKind::Upload) => Err(
+            format!("DataVolume {namespace}/{name} is not an upload target (it has no spec.source.upload)"),
+        ),
+        Some(dv) => Ok(dv),
+    }
+}
+
+impl UploadBackend for DriverUploads {
+    fn begin(&self, claims: &Claims) -> Result<UploadTarget, Refusal> {
+        let (namespace, name) = (claims.namespace.as_str(), claims.name.as_str());
+        if claims.operation != OPERATION_UPLOAD {
+            return Err(Refusal::Unauthorized(format!(
+                "the token is for the operation {:?}, not for an upload",
+                claims.operation
+            )));
+        }
+        let dv = upload_datavolume(&self.driver, namespace, name).map_err(Refusal::NotFound)?;
+        let phase = dv.status.as_ref().map(|s| s.phase).unwrap_or_default();
+        let uid = dv.metadata.uid.as_deref().unwrap_or_default();
+        let worker = self.driver.workers().observe(namespace, name, uid);
+        if phase == DataVolumePhase::Succeeded || matches!(worker, WorkerState::Succeeded { .. }) {
+            return Err(Refusal::AlreadyDone(format!(
+                "DataVolume {namespace}/{name} has already been uploaded"
+            )));
+        }
+        let mut in_flight = self.in_flight();
+        let key = (namespace.to_owned(), name.to_owned());
+        if in_flight.contains_key(&key) {
+            return Err(Refusal::Busy(format!(
+                "an upload to DataVolume {namespace}/{name} is already in progress"
+            )));
+        }
+        let Some((path, max_size)) = self.driver.upload_target(namespace, name) else {
+            let phase =
+                if phase == DataVolumePhase::default() { "Pending".to_owned() } else { phase.to_string() };
+            return Err(Refusal::NotReady(format!(
+                "DataVolume {namespace}/{name} is not ready for an upload yet (phase {phase}); retry later"
+            )));
+        };
+        in_flight.insert(key, (0, None));
+        Ok(UploadTarget {
+            path,
+            max_size,
+            scratch_dir: self.driver.pool().dir(namespace, name),
+            create: CreateOptions::default(),
+        })
+    }
+
+    fn progress(&self, claims: &Claims, received: u64, expected: Option<u64>) {
+        if let Some(entry) = self.in_flight().get_mut(&(claims.namespace.clone(), claims.name.clone())) {
+            *entry = (received, expected);
+        }
+    }
+
+    fn finish(&self, claims: &Claims, result: &Result<UploadStats, uploader::Error>) {
+        let (namespace, name) = (claims.namespace.as_str(), claims.name.as_str());
+        let outcome = match result {
+            Ok(stats) => {
+                eprintln!(
+                    "diskplane serve: {namespace}/{name}: upload of {} bytes ({}) written",
+                    stats.received, stats.format
+                );
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("diskplane serve: {namespace}/{name}: upload failed: {}", e.one_line());
+                Err(WorkerFailure {
+                    reason: reason::ERROR.into(),
+                    message: format!("upload failed: {}", e.one_line()),
+                    retryable: true,
+                })
+            }
+        };
+        // Report first, then free the volume: a new upload must not start between the two.
+        if !self.driver.upload_finished(namespace, name, outcome) {
+            eprintln!("diskplane serve: {namespace}/{name}: no upload was waiting for the result");
+        }
+        self.in_flight().remove(&(namespace.to_owned(), name.to_owned()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::DriverOptions;
+    use serde_json::json;
+    use uploader::token::DEFAULT_TTL;
+
+    fn dv(name: &str, source: serde_json::Value) -> serde_json::Value {
+        json!({
+            "apiVersion": "cdi.kubevirt.io/v1beta1",
+            "kind": "DataVolume",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"source": source, "storage": {"resources": {"requests": {"storage": "1Mi"}}}},
+        })
+    }
+
+    fn claims(name: &str) -> Claims {
+        Claims::upload("ns", name, 0, DEFAULT_TTL)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn begin_refuses_missing_non_upload_busy_and_failed_datavolumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = Driver::open(DriverOptions::new(dir.path().to_owned())).unwrap();
+        driver.create(DATAVOLUMES, "ns", dv("up", json!({"upload": {}}))).unwrap();
+        driver.create(DATAVOLUMES, "ns", dv("blank", json!({"blank": {}}))).unwrap();
+        let uploads = DriverUploads::new(Arc::clone(&driver));
+
+        assert!(
+            matches!(uploads.begin(&claims("missing")), Err(Refusal::NotFound(m)) if m.contains("not found"))
+        );
+        assert!(
+            matches!(uploads.begin(&claims("blank")), Err(Refusal::NotFound(m)) if m.contains("not an upload target"))
+        );
+        assert!(
+            matches!(uploads.begin(&claims("up")), Err(Refusal::NotReady(m)) if m.contains("phase Pending"))
+        );
+
+        for _ in 0..4 {
+            driver.reconcile_all().await.unwrap();
+        }
+        let target = uploads.begin(&claims("up")).unwrap();
+        assert_eq!(target.path, driver.pool().partial("ns", "up"));
+        assert_eq!(target.max_size, 1 << 20);
+        assert!(matches!(uploads.begin(&claims("up")), Err(Refusal::Busy(_))));
+        uploads.progress(&claims("up"), 512, Some(1024));
+        assert_eq!(uploads.received("ns", "up"), Some((512, Some(1024))));
+
+        // A failed upload frees the volume; the driver takes uploads again after its back-off.
+        uploads.finish(&claims("up"), &Err(uploader::Error::Internal("dropped".into())));
+        assert_eq!(uploads.received("ns", "up"), None);
+        assert!(matches!(uploads.begin(&claims("up")), Err(Refusal::NotReady(_))));
+        driver.reconcile_all().await.unwrap();
+        let object = driver.store().get(DATAVOLUMES, "ns", "up").unwrap().unwrap();
+        assert_eq!(object["status"]["phase"], "UploadReady");
+        let running =
+            object["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Running");
+        assert_eq!(running.unwrap()["message"], "upload failed: dropped");
+    }
+}
