@@ -424,6 +424,21 @@ fn a_concurrent_upload_gets_503_and_a_body_that_stops_half_way_keeps_nothing_the
     assert!(body.contains("already in progress"), "{body}");
     assert_ne!(phase(&serve, "cut"), "Succeeded");
 
+    // Upload progress reaches the DataVolume's status (CDI shows none): bytes received over
+    // the announced length, strictly between 0 and 100 while half the body is held back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let progress = loop {
+        let shown = dv(&serve, "cut")["status"]["progress"].as_str().unwrap_or_default().to_owned();
+        let percent = shown.strip_suffix('%').and_then(|p| p.parse::<f64>().ok());
+        if let Some(p) = percent.filter(|p| *p > 0.0) {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no upload progress in the status: {shown:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(progress < 100.0, "progress {progress} with half the body");
+    assert_eq!(phase(&serve, "cut"), "UploadReady");
+
     stream.shutdown(std::net::Shutdown::Both).expect("closing half way");
     drop(stream);
 

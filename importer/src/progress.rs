@@ -92,6 +92,14 @@ impl Progress {
         self.downloaded.load(Ordering::Relaxed)
     }
 
+    /// Sets the counters to absolute values, for a transfer measured elsewhere (an upload's
+    /// body bytes received and its announced length).
+    pub fn report(&self, done: u64, total: Option<u64>) {
+        self.done.store(done, Ordering::Relaxed);
+        self.downloaded.store(done, Ordering::Relaxed);
+        self.total.store(total.unwrap_or(0), Ordering::Relaxed);
+    }
+
     pub(crate) fn set_total(&self, total: u64) {
         self.total.store(total, Ordering::Relaxed);
     }

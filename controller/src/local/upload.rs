@@ -21,9 +21,9 @@
 //! - [`DriverUploads`]: the backend; one per server.
 //!
 //! ## Caveats
-//! - `status.progress` is not updated during an upload: the driver derives it from its
-//!   worker's counters, which only the in-process import workers feed. Bytes received are
-//!   kept here ([`DriverUploads::received`]) for when the worker exposes a setter.
+//! - `status.progress` during an upload is body bytes received over the announced
+//!   `Content-Length` (`N/A` for a chunked body without one); it reaches the DataVolume at the
+//!   next reconcile.
 //! - The file volume is written without preallocation (the upload fills what it has).
 
 use std::collections::HashMap;
@@ -130,6 +130,8 @@ impl UploadBackend for DriverUploads {
         if let Some(entry) = self.in_flight().get_mut(&(claims.namespace.clone(), claims.name.clone())) {
             *entry = (received, expected);
         }
+        // Shown as `status.progress` by the next reconcile (CDI never shows upload progress).
+        self.driver.workers().report_progress(&claims.namespace, &claims.name, received, expected);
     }
 
     fn finish(&self, claims: &Claims, result: &Result<UploadStats, uploader::Error>) {

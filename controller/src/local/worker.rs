@@ -191,6 +191,17 @@ impl Workers {
         true
     }
 
+    /// Reports the progress of a worker that runs outside this module (an upload): `done` of
+    /// `total` bytes. Ignored when no such worker is running.
+    pub fn report_progress(&self, namespace: &str, name: &str, done: u64, total: Option<u64>) {
+        let entries = self.entries();
+        if let Some(entry) = entries.get(&(namespace.to_owned(), name.to_owned())) {
+            if matches!(*lock(&entry.shared.run), Run::Running) {
+                entry.shared.progress.report(done, total);
+            }
+        }
+    }
+
     /// Running workers and their progress.
     pub fn live(&self) -> Vec<LiveWorker> {
         let entries = self.entries();
