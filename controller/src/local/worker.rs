@@ -195,10 +195,10 @@ impl Workers {
     /// `total` bytes. Ignored when no such worker is running.
     pub fn report_progress(&self, namespace: &str, name: &str, done: u64, total: Option<u64>) {
         let entries = self.entries();
-        if let Some(entry) = entries.get(&(namespace.to_owned(), name.to_owned())) {
-            if matches!(*lock(&entry.shared.run), Run::Running) {
-                entry.shared.progress.report(done, total);
-            }
+        if let Some(entry) = entries.get(&(namespace.to_owned(), name.to_owned()))
+            && matches!(*lock(&entry.shared.run), Run::Running)
+        {
+            entry.shared.progress.report(done, total);
         }
     }
 
