@@ -33,7 +33,7 @@ const DISK_SIZE: u64 = 24 << 20;
 fn images() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-images-v1");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-images-v2");
         if !dir.join("done").exists() {
             let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
@@ -74,6 +74,13 @@ fn make_images(dir: &Path) {
     );
     let xz = std::fs::File::create(dir.join("raw.img.xz")).expect("raw.img.xz");
     run_ok(Command::new("xz").args(["-c", "-0", "-T1"]).arg(&raw).stdout(xz));
+    // contentType: archive: a small tree (a file, a subdirectory, a relative symlink) as tar.gz.
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("etc")).expect("tree/");
+    std::fs::write(tree.join("etc/motd"), "golden image for everyone\n").expect("tree/etc/motd");
+    std::fs::write(tree.join("data.bin"), random(300_000)).expect("tree/data.bin");
+    std::os::unix::fs::symlink("etc/motd", tree.join("motd")).expect("tree/motd");
+    run_ok(Command::new("tar").arg("-C").arg(&tree).arg("-czf").arg(dir.join("tree.tar.gz")).arg("."));
     let oracle = dir.join("oracle.raw");
     run_ok(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(dir.join("img.qcow2")).arg(&oracle));
     std::fs::write(dir.join("sha256"), sha256_file(&oracle)).expect("oracle");
@@ -262,6 +269,25 @@ fn blank_datavolume_is_a_sparse_zero_disk_of_the_requested_size() {
     // Exactly the requested size (CDI's usable-space rounding would give less).
     assert_eq!(meta.len(), 100 << 20);
     assert_eq!(meta.blocks(), 0, "a blank disk allocates nothing");
+}
+
+#[test]
+fn archive_datavolume_is_extracted_into_the_volume_filesystem() {
+    let nginx = Nginx::start();
+    let (_tmp, data) = data_dir();
+    let server = Serve::start(&data, &[]);
+    let manifest = http_dv("files", &nginx.url("tree.tar.gz"), "16Mi", "  contentType: archive\n");
+    assert_ok(&server.apply(&manifest, &[]));
+    assert_ok(&server.wait("files", "60s"));
+    let fs = server.disk("files").with_file_name("fs");
+    let tree = images().join("tree");
+    assert_eq!(
+        std::fs::read(fs.join("etc/motd")).expect("etc/motd"),
+        std::fs::read(tree.join("etc/motd")).expect("motd")
+    );
+    assert_eq!(sha256_file(&fs.join("data.bin")), sha256_file(&tree.join("data.bin")));
+    assert_eq!(std::fs::read_link(fs.join("motd")).expect("symlink"), Path::new("etc/motd"));
+    assert!(!server.disk("files").exists(), "an archive volume has no disk.img");
 }
 
 #[test]

@@ -27,8 +27,9 @@
 //! - The loop is level-triggered over *all* DataVolumes: it runs on every change and at least
 //!   once a second. Fine for the hundreds of volumes of one machine, not for a cluster.
 //! - `secretRef` / `certConfigMap` name Kubernetes objects that do not exist here: such
-//!   DataVolumes fail with a message saying so. `volumeMode: Block`, `contentType: archive`
-//!   and snapshot sources are not supported yet and fail the same way.
+//!   DataVolumes fail with a message saying so. `volumeMode: Block` and
+//!   snapshot sources are not supported yet and fail the same way. `contentType: archive`
+//!   (http sources) is extracted into the volume's `fs/` directory instead of `disk.img`.
 
 pub mod catalog;
 pub mod error;
@@ -49,7 +50,7 @@ use pool::Pool;
 use store::Store;
 use worker::{Job, Target, Workers};
 
-use crate::api::datavolume::{CONTENT_TYPE_KUBEVIRT, SourceKind, reason};
+use crate::api::datavolume::{CONTENT_TYPE_ARCHIVE, CONTENT_TYPE_KUBEVIRT, SourceKind, reason};
 use crate::api::{DataSource, DataVolume, DataVolumePhase, Timestamp};
 use crate::plan::{Observed, PlanConfig, SourceState, Step, WorkerFailure, WorkerKind, WorkerState, plan};
 
@@ -316,16 +317,20 @@ impl Driver {
             Job::Refuse(WorkerFailure { reason: reason::ERROR.into(), message, retryable: false })
         };
         let spec = &dv.spec;
+        let source = spec.source.as_ref();
         if spec.is_block() {
             return refuse("volumeMode: Block is not supported yet by the embedded driver".into());
         }
-        if spec.content_type() != CONTENT_TYPE_KUBEVIRT && kind != WorkerKind::Blank {
+        let archive = spec.content_type() == CONTENT_TYPE_ARCHIVE;
+        if archive && source.and_then(|s| s.kind()) != Some(SourceKind::Http) {
+            return refuse("contentType: archive is supported for http sources only".into());
+        }
+        if !archive && spec.content_type() != CONTENT_TYPE_KUBEVIRT && kind != WorkerKind::Blank {
             return refuse(format!(
-                "contentType: {} is not supported yet by the embedded driver",
+                "contentType: {} is not supported by the embedded driver",
                 spec.content_type()
             ));
         }
-        let source = spec.source.as_ref();
         match kind {
             WorkerKind::Blank => Job::Blank,
             WorkerKind::Upload => Job::Upload,
@@ -357,11 +362,12 @@ impl Driver {
                             _ => return refuse(format!("extraHeaders entry {line:?} is not 'Name: value'")),
                         }
                     }
-                    Job::Http {
-                        url: http.url.clone(),
-                        checksum: http.checksum.clone(),
-                        insecure: http.insecure_skip_verify.unwrap_or(false),
-                        headers,
+                    let (url, checksum) = (http.url.clone(), http.checksum.clone());
+                    let insecure = http.insecure_skip_verify.unwrap_or(false);
+                    if archive {
+                        Job::Archive { url, checksum, insecure, headers }
+                    } else {
+                        Job::Http { url, checksum, insecure, headers }
                     }
                 }
                 Some(SourceKind::Registry) => {

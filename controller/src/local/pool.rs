@@ -25,6 +25,8 @@ use crate::plan::{VolumeRequest, VolumeState};
 pub const DISK: &str = "disk.img";
 const PARTIAL: &str = ".disk.img.partial";
 const META: &str = "volume.json";
+/// The directory a `contentType: archive` DataVolume is extracted into.
+pub const FILESYSTEM: &str = "fs";
 
 /// What `volume.json` records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +65,12 @@ impl Pool {
     /// The finished disk.
     pub fn disk(&self, namespace: &str, name: &str) -> PathBuf {
         self.dir(namespace, name).join(DISK)
+    }
+
+    /// The extracted tree of a `contentType: archive` volume (put in place atomically by the
+    /// extraction itself).
+    pub fn filesystem(&self, namespace: &str, name: &str) -> PathBuf {
+        self.dir(namespace, name).join(FILESYSTEM)
     }
 
     /// Where a worker writes before the disk is committed.
@@ -128,7 +136,7 @@ impl Pool {
         }
     }
 
-    /// Empties every volume directory of everything but `volume.json` and `disk.img`:
+    /// Empties every volume directory of everything but `volume.json`, `disk.img` and `fs/`:
     /// partial output and scratch files of workers that a crash interrupted. Returns how many
     /// files were deleted.
     ///
@@ -141,7 +149,7 @@ impl Pool {
                 let entries = fs::read_dir(&volume).map_err(|e| Error::io("reading", &volume, e))?;
                 for entry in entries.flatten() {
                     let name = entry.file_name();
-                    if name == META || name == DISK {
+                    if name == META || name == DISK || name == FILESYSTEM {
                         continue;
                     }
                     let path = entry.path();

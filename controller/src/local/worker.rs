@@ -34,6 +34,8 @@ pub enum Job {
     Http { url: String, checksum: Option<String>, insecure: bool, headers: Vec<(String, String)> },
     /// `spec.source.registry` (`docker://`); `insecure` = plain HTTP registry.
     Registry { url: String, architecture: Option<String>, insecure: bool },
+    /// `contentType: archive` from `spec.source.http`: a tar extracted into the volume's `fs/`.
+    Archive { url: String, checksum: Option<String>, insecure: bool, headers: Vec<(String, String)> },
     /// An empty disk.
     Blank,
     /// A copy of another volume's `disk.img`.
@@ -254,8 +256,11 @@ impl TaskContext {
         };
         *lock(&self.shared.run) = Run::Running;
         self.wake.notify_one();
+        // An archive lands in `fs/` by its own atomic rename: there is no disk to commit.
+        let archive = matches!(job, Job::Archive { .. });
         let result = self.transfer(&target, job).await;
         let result = match result {
+            Ok(()) if archive => Ok(()),
             Ok(()) => {
                 let pool = self.pool.clone();
                 let t = target.clone();
@@ -305,6 +310,27 @@ impl TaskContext {
                     ..opts
                 };
                 importer::import(&source, &partial, &opts).await.map_err(|e| failure_of_import(&e, false))?;
+                Ok(())
+            }
+            Job::Archive { url, checksum, insecure, headers } => {
+                let source: Source = url.parse().map_err(|e| failure_of_import(&e, false))?;
+                let checksum = match checksum.as_deref().filter(|c| !c.is_empty()) {
+                    Some(text) => Some(text.parse::<Checksum>().map_err(|e| failure_of_import(&e, false))?),
+                    None => None,
+                };
+                let opts = ImportOptions {
+                    http: HttpOptions { insecure, headers, ..HttpOptions::default() },
+                    checksum,
+                    ..opts
+                };
+                let fs = self.pool.filesystem(&target.namespace, &target.name);
+                let limits = importer::ArchiveLimits {
+                    max_bytes: target.virtual_size,
+                    ..importer::ArchiveLimits::default()
+                };
+                importer::import_archive(&source, &fs, &opts, &limits)
+                    .await
+                    .map_err(|e| failure_of_import(&e, false))?;
                 Ok(())
             }
             Job::Registry { url, architecture, insecure } => {
