@@ -9,20 +9,23 @@
 //! Needs docker-registry, qemu-img, python3 (see `.ci/packages.txt`).
 
 #[allow(dead_code)]
+#[path = "peers/common.rs"]
+mod common;
+#[allow(dead_code)]
 #[path = "peers/registry.rs"]
 mod registry;
 #[path = "peers/serve.rs"]
 mod serve;
 
-use std::io::Read;
+use common::{run_ok, sha256_file};
+
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use serve::{Serve, http};
-use sha2::{Digest, Sha256};
 
 /// Virtual size of every version (= the size the DataVolumes ask for).
 const DISK_SIZE: u64 = 8 << 20;
@@ -53,25 +56,6 @@ fn version(dir: &Path, v: u64) -> (PathBuf, String) {
     std::fs::remove_file(&oracle).expect("removing the oracle");
     std::fs::remove_file(&raw).expect("removing the raw image");
     (qcow2, sha)
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.stderr(Stdio::piped()).output().expect("running a helper tool");
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn sha256_file(path: &Path) -> String {
-    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).expect("reading for sha256");
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn stderr(out: &Output) -> String {

@@ -13,17 +13,20 @@
 //! Fixtures are generated once into `target/fixtures-formats` (or `$DISKPLANE_FORMAT_FIXTURES`)
 //! under `flock`, since nextest runs every test in its own process.
 
+#[allow(dead_code)]
+#[path = "peers/common.rs"]
+mod common;
+use common::sha256_file;
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::Read;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 const DISKPLANE: &str = env!("CARGO_BIN_EXE_diskplane");
 const MAKE_FORMATS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/make-formats.sh");
@@ -129,20 +132,6 @@ where
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn sha256_file(path: &Path) -> String {
-    let mut file = fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).expect("read");
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn leftovers(dir: &Path, keep: &Path) -> Vec<String> {

@@ -5,17 +5,20 @@
 //!
 //! Needs nginx, openssl, qemu-img, gzip, xz and zstd (see `.ci/packages.txt`).
 
+#[allow(dead_code)]
+#[path = "peers/common.rs"]
+mod common;
 #[path = "peers/flaky.rs"]
 mod flaky;
 
-use std::net::{TcpListener, TcpStream};
+use common::{free_port, run_ok, sha256_file};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use flaky::{Behaviour, FlakyServer};
-use sha2::{Digest, Sha256};
 
 // ---------------------------------------------------------------------------------------------
 // Images, made once per target dir and shared by all tests (and test processes).
@@ -25,21 +28,7 @@ const DISK_SIZE: u64 = 48 << 20;
 
 fn images() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("import-http-images-v3");
-        if !dir.join("done").exists() {
-            let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir_all(&tmp).expect("creating the image dir");
-            make_images(&tmp);
-            // Another test process may have won the race: then use its copy.
-            if std::fs::rename(&tmp, &dir).is_err() {
-                let _ = std::fs::remove_dir_all(&tmp);
-            }
-        }
-        assert!(dir.join("done").exists(), "images missing in {}", dir.display());
-        dir
-    })
+    DIR.get_or_init(|| common::made_once("import-http-images-v3", make_images))
 }
 
 /// A raw disk with random data, text and zero runs, and every form the tests serve.
@@ -148,26 +137,6 @@ fn oracle(name: &str) -> String {
     std::fs::read_to_string(images().join(format!("{base}.sha256"))).expect("reading the oracle")
 }
 
-fn sha256_file(path: &Path) -> String {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).expect("opening for sha256");
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).expect("reading for sha256");
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.stderr(Stdio::piped()).output().expect("running a helper tool");
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 // ---------------------------------------------------------------------------------------------
 // nginx, one per test.
 
@@ -239,10 +208,6 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
 fn accepts(port: u16) -> bool {

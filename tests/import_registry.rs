@@ -5,15 +5,18 @@
 //! Needs docker-registry, apache2-utils, openssl, python3, qemu-img, GNU tar, zstd
 //! (see `.ci/packages.txt`).
 
+#[allow(dead_code)]
+#[path = "peers/common.rs"]
+mod common;
 #[path = "peers/registry.rs"]
 mod registry;
 
+use common::{run_ok, sha256_file};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use registry::{Pushed, Registry, USER};
-use sha2::{Digest, Sha256};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -58,25 +61,6 @@ fn sparse_layer_tar(dir: &Path, disk: &Path) -> PathBuf {
         Command::new("tar").args(["--format=gnu", "-S", "-cf"]).arg(&tar).arg("-C").arg(&root).arg("disk"),
     );
     tar
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn sha256_file(path: &Path) -> String {
-    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut file, &mut buf).expect("hashing");
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// sha256 of `qemu-img convert -O raw IMAGE`.

@@ -7,11 +7,15 @@
 //! (see `.ci/packages.txt`).
 
 #[allow(dead_code)]
+#[path = "peers/common.rs"]
+mod common;
+#[allow(dead_code)]
 #[path = "peers/registry.rs"]
 mod registry;
 #[path = "peers/serve.rs"]
 mod serve;
 
+use common::{run_ok, sha256_file, sha256_prefix};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -22,7 +26,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serve::{Serve, free_port, http};
-use sha2::{Digest, Sha256};
 
 // ---------------------------------------------------------------------------------------------
 // Images, made once per target dir.
@@ -32,19 +35,7 @@ const DISK_SIZE: u64 = 24 << 20;
 
 fn images() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-images-v2");
-        if !dir.join("done").exists() {
-            let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir_all(&tmp).expect("image dir");
-            make_images(&tmp);
-            if std::fs::rename(&tmp, &dir).is_err() {
-                let _ = std::fs::remove_dir_all(&tmp);
-            }
-        }
-        dir
-    })
+    DIR.get_or_init(|| common::made_once("serve-images-v2", make_images))
 }
 
 fn make_images(dir: &Path) {
@@ -91,25 +82,6 @@ fn make_images(dir: &Path) {
 /// sha256 of `qemu-img convert -O raw` of the test disk.
 fn oracle() -> String {
     std::fs::read_to_string(images().join("sha256")).expect("oracle")
-}
-
-fn sha256_file(path: &Path) -> String {
-    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).expect("reading for sha256");
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.stderr(Stdio::piped()).output().expect("running a helper tool");
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn stderr(out: &Output) -> String {
@@ -568,21 +540,6 @@ fn eight_concurrent_datavolumes_succeed_with_bounded_server_memory() {
 
 // ---------------------------------------------------------------------------------------------
 // Clones and watches
-
-/// sha256 of the first `len` bytes of a file.
-fn sha256_prefix(path: &Path, len: u64) -> String {
-    let mut file = std::fs::File::open(path).expect("opening for sha256").take(len);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).expect("reading for sha256");
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
 
 #[test]
 fn pvc_clones_and_datasource_refs_copy_a_finished_volume() {

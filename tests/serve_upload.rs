@@ -4,10 +4,14 @@
 //!
 //! Needs qemu-img and curl (see `.ci/packages.txt`).
 
+#[allow(dead_code)]
+#[path = "peers/common.rs"]
+mod common;
 #[path = "peers/serve.rs"]
 mod serve;
 
-use std::io::{Read, Write};
+use common::sha256_file;
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use serve::Serve;
-use sha2::{Digest, Sha256};
+
 use uploader::token::{Claims, DEFAULT_TTL, TokenKey, unix_now};
 
 /// Virtual size of the test disk = the size of every test volume, so the volume's bytes are
@@ -29,20 +33,7 @@ const VOLUME_SIZE: &str = "64Mi";
 
 fn images() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-upload-images-v1");
-        if !dir.join("done").exists() {
-            let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir_all(&tmp).expect("creating the image dir");
-            make_images(&tmp);
-            if std::fs::rename(&tmp, &dir).is_err() {
-                let _ = std::fs::remove_dir_all(&tmp);
-            }
-        }
-        assert!(dir.join("done").exists(), "images missing in {}", dir.display());
-        dir
-    })
+    DIR.get_or_init(|| common::made_once("serve-upload-images-v1", make_images))
 }
 
 /// raw.img (random data, text, zero runs), img.qcow2, a qcow2 with a backing file, and the
@@ -79,20 +70,6 @@ fn qemu_img(args: &[&str], dir: &Path) {
 
 fn image(name: &str) -> PathBuf {
     images().join(name)
-}
-
-fn sha256_of(path: &Path) -> String {
-    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).expect("reading");
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -248,8 +225,8 @@ fn assert_uploaded(serve: &Serve, name: &str) {
     let object = wait_for(serve, name, "Succeeded", |d| d["status"]["phase"] == "Succeeded");
     assert_eq!(condition(&object, "Ready")["status"], "True", "{object}");
     assert_eq!(
-        sha256_of(&serve.disk(name)),
-        sha256_of(&image("img.qcow2.ref")),
+        sha256_file(&serve.disk(name)),
+        sha256_file(&image("img.qcow2.ref")),
         "{name} differs from qemu-img's conversion"
     );
     assert_eq!(files(serve, name), vec!["disk.img".to_owned()], "leftover files");

@@ -5,14 +5,16 @@
 //!
 //! Needs qemu-img, curl, gzip and openssl (see `.ci/packages.txt`).
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[allow(dead_code)]
+#[path = "peers/common.rs"]
+mod common;
+use common::sha256_file;
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
-
-use sha2::{Digest, Sha256};
 
 // ---------------------------------------------------------------------------------------------
 // Images, made once per target dir and shared by all tests.
@@ -25,20 +27,7 @@ const VOLUME_SIZE: &str = "32M";
 
 fn images() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("upload-images-v1");
-        if !dir.join("done").exists() {
-            let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir_all(&tmp).expect("creating the image dir");
-            make_images(&tmp);
-            if std::fs::rename(&tmp, &dir).is_err() {
-                let _ = std::fs::remove_dir_all(&tmp);
-            }
-        }
-        assert!(dir.join("done").exists(), "images missing in {}", dir.display());
-        dir
-    })
+    DIR.get_or_init(|| common::made_once("upload-images-v1", make_images))
 }
 
 /// raw.img (random data, text and zero runs), img.qcow2, img.qcow2 compressed, raw.img.gz,
@@ -85,20 +74,6 @@ fn qemu_img(args: &[&str], dir: &Path) {
 
 fn image(name: &str) -> PathBuf {
     images().join(name)
-}
-
-fn sha256_of(path: &Path) -> String {
-    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).expect("reading");
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -258,7 +233,11 @@ fn our_upload(url: &str, token: &str, file: &Path, extra: &[&str]) -> Output {
 }
 
 fn assert_volume_is(server: &Server, reference: &str) {
-    assert_eq!(sha256_of(&server.volume()), sha256_of(&image(reference)), "volume differs from {reference}");
+    assert_eq!(
+        sha256_file(&server.volume()),
+        sha256_file(&image(reference)),
+        "volume differs from {reference}"
+    );
     assert_eq!(server.files(), vec!["disk.img".to_owned()], "leftover files");
 }
 
@@ -500,7 +479,7 @@ fn checksum_mismatch_gets_400_and_a_matching_one_succeeds() {
     assert!(body.contains("checksum mismatch"), "{body}");
     assert_nothing_kept(&server);
 
-    let right = server.url(&format!("/v1beta1/upload?checksum=sha256:{}", sha256_of(&image("img.qcow2"))));
+    let right = server.url(&format!("/v1beta1/upload?checksum=sha256:{}", sha256_file(&image("img.qcow2"))));
     let (status, body) = curl(&["-H", &auth, "--data-binary", &data, &right]);
     assert_eq!(status, 200, "{body}");
     assert_volume_is(&server, "img.qcow2.ref");
