@@ -31,6 +31,20 @@ pub struct ServeArgs {
     /// (e.g. `head -c 32 /dev/urandom > key`). Default: a random key per start.
     #[arg(long, value_name = "FILE")]
     upload_token_key: Option<PathBuf>,
+    /// Accelerator of VirtualMachines: auto picks KVM only when it really works (not the
+    /// kvm_pvm software hypervisor), TCG otherwise.
+    #[arg(long, default_value = "auto")]
+    accel: launcher::AccelRequest,
+    /// The qemu binary VirtualMachines run with.
+    #[arg(long, env = "DISKPLANE_QEMU", default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// Kernel for VirtualMachines with firmware.kernelBoot (kernel container images are not
+    /// pulled).
+    #[arg(long, value_name = "FILE")]
+    vm_kernel: Option<PathBuf>,
+    /// Initrd for VirtualMachines with firmware.kernelBoot.
+    #[arg(long, value_name = "FILE", requires = "vm_kernel")]
+    vm_initrd: Option<PathBuf>,
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -39,6 +53,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let mut opts = DriverOptions::new(args.data_dir.clone());
     opts.concurrency = usize::from(args.workers);
     opts.insecure_registries = args.insecure_registries.clone();
+    opts.vm.accel = args.accel;
+    opts.vm.qemu = args.qemu.clone();
+    opts.vm.kernel = args
+        .vm_kernel
+        .clone()
+        .map(|kernel| launcher::argv::KernelFiles { kernel, initrd: args.vm_initrd.clone() });
     let upload_key = match &args.upload_token_key {
         Some(path) => TokenKey::from_file(path).map_err(anyhow::Error::msg)?,
         None => TokenKey::random().context("making a random upload token key")?,

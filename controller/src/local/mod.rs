@@ -36,6 +36,7 @@ pub mod error;
 pub mod pool;
 pub mod store;
 pub mod upload;
+pub mod vm;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -75,6 +76,8 @@ pub struct DriverOptions {
     pub insecure_registries: Vec<String>,
     /// Filesystem overhead and default preallocation.
     pub plan: PlanConfig,
+    /// How VirtualMachines are launched.
+    pub vm: vm::VmOptions,
 }
 
 impl DriverOptions {
@@ -85,6 +88,7 @@ impl DriverOptions {
             concurrency: 2,
             insecure_registries: Vec::new(),
             plan: PlanConfig::default(),
+            vm: vm::VmOptions::default(),
         }
     }
 }
@@ -99,6 +103,8 @@ pub struct Driver {
     /// Held while one DataVolume is reconciled and while one is deleted, so a delete never
     /// races a reconcile that would recreate its volume.
     lock: tokio::sync::Mutex<()>,
+    /// Running VirtualMachines.
+    vms: vm::Vms,
     opts: DriverOptions,
 }
 
@@ -124,7 +130,8 @@ impl Driver {
         pool.clean_partials()?;
         let wake = Arc::new(Notify::new());
         let workers = Workers::new(pool.clone(), opts.concurrency, Arc::clone(&wake));
-        Ok(Arc::new(Driver { store, pool, workers, wake, lock: tokio::sync::Mutex::new(()), opts }))
+        let vms = vm::Vms::new(opts.vm.clone());
+        Ok(Arc::new(Driver { store, pool, workers, wake, lock: tokio::sync::Mutex::new(()), vms, opts }))
     }
 
     /// The state store (reads and watches; writes go through the driver).
@@ -140,6 +147,11 @@ impl Driver {
     /// The workers (for metrics).
     pub fn workers(&self) -> &Workers {
         &self.workers
+    }
+
+    /// The running VirtualMachines.
+    pub fn vms(&self) -> &vm::Vms {
+        &self.vms
     }
 
     /// Stores a new object (already validated by the caller) and wakes the loop.
@@ -228,6 +240,9 @@ impl Driver {
                     worked
                 }
             };
+            if let Err(e) = self.reconcile_vms() {
+                eprintln!("diskplane serve: reconcile vms: {}", worker::one_line(&e));
+            }
             if worked && immediate < MAX_IMMEDIATE_PASSES {
                 immediate += 1;
                 tokio::task::yield_now().await;

@@ -9,6 +9,12 @@
 //! DELETE /apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/{resource}/{name}   delete (+ the volume)
 //! POST   /apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/dataimportcrons/{name}/poll   poll now
 //! GET    /healthz  /readyz  /metrics
+//! GET    /apis/kubevirt.io/v1/virtualmachines                              list, all namespaces
+//! GET    /apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines[/{name}]     list, get
+//! POST   /apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines              create (see [`vms`])
+//! DELETE /apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}       delete (stops it)
+//! POST   /apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}/start|stop
+//! GET    /apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}/console   serial log (text)
 //! POST   /apis/upload.cdi.kubevirt.io/v1beta1/namespaces/{ns}/uploadtokenrequests
 //! POST   /v1beta1/upload (-async, -form, -form-async; /v1alpha1/ twins)   see [`upload`]
 //! ```
@@ -23,6 +29,7 @@
 
 mod status;
 mod upload;
+mod vms;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,6 +70,7 @@ fn api(driver: Arc<Driver>) -> Router {
         .route("/apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/{resource}", get(list).post(create))
         .route("/apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/{resource}/{name}", get(read).delete(delete))
         .route("/apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/dataimportcrons/{name}/poll", post(poll))
+        .merge(vms::routes())
         .with_state(driver)
 }
 
@@ -83,12 +91,15 @@ pub async fn serve(
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("binding {listen}: {e}"))?;
     on_listening(listener.local_addr()?);
     let reconciler = tokio::spawn(Arc::clone(&driver).run());
+    let driver_for_vms = Arc::clone(&driver);
     let server = axum::serve(listener, app_with_uploads(driver, upload_key));
     let result = tokio::select! {
         r = server => r.map_err(Into::into),
         () = shutdown_signal() => Ok(()),
     };
     reconciler.abort();
+    // Stop the VMs gracefully (they start again with the next serve, per their run strategy).
+    let _ = tokio::task::spawn_blocking(move || driver_for_vms.vms().stop_all()).await;
     result
 }
 
@@ -211,6 +222,15 @@ async fn delete(
     Path((ns, resource, name)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     served(&resource)?;
+    if resource == DATAVOLUMES
+        && let Some(vm) = driver.vms().user_of(&ns, &name)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("datavolume {ns}/{name} is in use by VirtualMachine {vm}: stop the VM first"),
+        ));
+    }
     let object = driver.delete(&resource, &ns, &name).await?;
     Ok(json_response(StatusCode::OK, &object))
 }
