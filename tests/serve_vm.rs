@@ -3,9 +3,18 @@
 //! qemu-system-x86_64 on TCG booting the guest of `fixtures/make-guest.sh` (see
 //! tests/launcher.rs), which prints `diskplane-guest: marker=MARKER-GOLDEN` from its disk.
 //!
-//! Needs nginx, openssl, qemu-system-x86_64, busybox-static, cpio (see `.ci/packages.txt` and
+//! The golden-image flow goes through the registry: the guest disk pushed to the local
+//! docker-registry as a containerDisk, imported, cloned, and both booted.
+//!
+//! Needs docker-registry, nginx, openssl, qemu-system-x86_64, busybox-static, cpio (see `.ci/packages.txt` and
 //! `fixtures/packages.txt`).
 
+#[allow(dead_code)]
+#[path = "peers/common.rs"]
+mod common;
+#[allow(dead_code)]
+#[path = "peers/registry.rs"]
+mod registry;
 #[path = "peers/serve.rs"]
 mod serve;
 
@@ -416,4 +425,85 @@ fn after_kill_9_of_serve_the_next_serve_replaces_the_orphaned_qemu() {
     assert_ok(&server.cli(&["vm", "stop", "k9"]));
     let v = wait_status(&server, "k9", "Stopped");
     assert_eq!(message(&v), "stopped on request (qemu exit code 0)", "{v}");
+}
+
+/// The text the guest wrote to sector 1 of a disk (`dp.write=TEXT`).
+fn sector1(path: &Path) -> String {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 512];
+    std::fs::File::open(path).expect("opening the disk").read_exact_at(&mut buf, 512).expect("sector 1");
+    text(&buf).trim_end_matches('\0').trim_end().to_owned()
+}
+
+/// The dev-environment flow: the guest disk as a containerDisk in the local registry →
+/// a golden DataVolume → a per-developer clone; a VM on each boots, and what the clone's guest
+/// writes stays on the clone (the golden volume's sha256 does not change).
+#[test]
+fn a_containerdisk_golden_image_and_a_clone_of_it_boot_independently() {
+    let registry = registry::Registry::start();
+    let host = registry.host();
+    let guest_disk = guest_dir().join("disk.img");
+    registry.push(
+        "guests/marker:latest",
+        "amd64",
+        &[("gzip", vec![format!("disk/disk.img=@{}", guest_disk.display())])],
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let g = guest_dir();
+    let (kernel, initrd) = (g.join("vmlinuz"), g.join("initrd.img"));
+    let server = Serve::start(
+        &tmp.path().join("data"),
+        &[
+            "--accel",
+            "tcg",
+            "--vm-kernel",
+            kernel.to_str().expect("utf-8 path"),
+            "--vm-initrd",
+            initrd.to_str().expect("utf-8 path"),
+            "--insecure-registry",
+            &host,
+        ],
+    );
+    let _graceful = Graceful(&server);
+
+    let golden = format!(
+        "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: golden\nspec:\n  source:\n    registry:\n      url: docker://{host}/guests/marker:latest\n  storage:\n    resources:\n      requests:\n        storage: 16Mi\n"
+    );
+    assert_ok(&server.apply(&golden, &[]));
+    assert_ok(&server.wait("golden", "300s"));
+    let guest_len = std::fs::metadata(&guest_disk).expect("guest disk").len();
+    assert_eq!(
+        common::sha256_prefix(&server.disk("golden"), guest_len),
+        common::sha256_file(&guest_disk),
+        "the imported containerDisk"
+    );
+    let clone = "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: dev\nspec:\n  source:\n    pvc:\n      namespace: default\n      name: golden\n  storage:\n    resources:\n      requests:\n        storage: 16Mi\n";
+    assert_ok(&server.apply(clone, &[]));
+    assert_ok(&server.wait("dev", "300s"));
+    let golden_sha = common::sha256_file(&server.disk("golden"));
+    assert_eq!(common::sha256_file(&server.disk("dev")), golden_sha, "the clone starts identical");
+
+    assert_ok(&vm_apply(
+        &server,
+        &vm("golden-vm", "Always", "          dataVolume:\n            name: golden", ""),
+    ));
+    let dev_vm = vm("dev-vm", "Always", "          dataVolume:\n            name: dev", "")
+        .replace("panic=-1 dp.wait", "panic=-1 dp.write=DEV-WRITE dp.wait");
+    assert_ok(&vm_apply(&server, &dev_vm));
+    wait_status(&server, "golden-vm", "Running");
+    wait_status(&server, "dev-vm", "Running");
+    let waiting = "diskplane-guest: waiting for the power button";
+    let console = wait_console(&server, "golden-vm", waiting, 1);
+    assert!(console.contains("marker=MARKER-GOLDEN"), "{console}");
+    let console = wait_console(&server, "dev-vm", waiting, 1);
+    assert!(console.contains("marker=MARKER-GOLDEN"), "{console}");
+    assert!(console.contains("wrote=DEV-WRITE"), "{console}");
+
+    for name in ["golden-vm", "dev-vm"] {
+        assert_ok(&server.cli(&["vm", "stop", name]));
+    }
+    wait_status(&server, "golden-vm", "Stopped");
+    wait_status(&server, "dev-vm", "Stopped");
+    assert_eq!(sector1(&server.disk("dev")), "DEV-WRITE", "the clone holds its guest's write");
+    assert_eq!(common::sha256_file(&server.disk("golden")), golden_sha, "the golden volume is unchanged");
 }
