@@ -499,6 +499,11 @@ fn a_containerdisk_golden_image_and_a_clone_of_it_boot_independently() {
     assert!(console.contains("marker=MARKER-GOLDEN"), "{console}");
     assert!(console.contains("wrote=DEV-WRITE"), "{console}");
 
+    // `vm restart`: a graceful stop, then a second boot (the marker twice on the console).
+    assert_ok(&server.cli(&["vm", "restart", "golden-vm"]));
+    wait_status(&server, "golden-vm", "Running");
+    wait_console(&server, "golden-vm", waiting, 2);
+
     for name in ["golden-vm", "dev-vm"] {
         assert_ok(&server.cli(&["vm", "stop", name]));
     }

@@ -44,6 +44,8 @@ enum VmCommand {
     /// Stop a served VM gracefully (Always / RerunOnFailure: becomes Halted; Manual: asked to
     /// stop).
     Stop(NameArgs),
+    /// Stop a served VM gracefully, wait until it is Stopped, then start it again.
+    Restart(NameArgs),
     /// Print served VMs: NAME AGE STATUS READY, or -o json.
     Get(GetArgs),
 }
@@ -141,6 +143,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
         VmCommand::Apply(a) => apply(a),
         VmCommand::Start(a) => start_stop(a, "start"),
         VmCommand::Stop(a) => start_stop(a, "stop"),
+        VmCommand::Restart(a) => restart(a),
         VmCommand::Get(a) => get(a),
     }
 }
@@ -191,6 +194,31 @@ fn start_stop(args: &NameArgs, verb: &str) -> Result<()> {
     }
     println!("VM {} was scheduled to {verb}", args.name);
     Ok(())
+}
+
+/// How long `vm restart` waits for the guest to power off (the server kills it after its own
+/// grace period, so this is only a bound for a server that stopped answering).
+const RESTART_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn restart(args: &NameArgs) -> Result<()> {
+    start_stop(args, "stop")?;
+    let client = Client::new(&args.server.server)?;
+    let path = vm_path(&args.server.namespace, Some(&args.name));
+    let deadline = std::time::Instant::now() + RESTART_STOP_TIMEOUT;
+    loop {
+        let answer = client.get(&path)?;
+        if !answer.ok() {
+            bail!("{}", answer.message());
+        }
+        match answer.body["status"]["printableStatus"].as_str() {
+            Some("Stopped" | "Failed") => break,
+            status if std::time::Instant::now() >= deadline => {
+                bail!("VM {} did not stop within {:?} (status {status:?})", args.name, RESTART_STOP_TIMEOUT)
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    }
+    start_stop(args, "start")
 }
 
 fn get(args: &GetArgs) -> Result<()> {
