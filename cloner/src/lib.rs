@@ -13,7 +13,7 @@
 //!    [`CloneOptions::detect_zeroes`] all-zero blocks inside data extents become holes too.
 //! 3. [`Strategy::Stream`]: the host-assisted path: a source side serves the volume as a framed
 //!    stream ([`wire`]: header, DATA / HOLE frames of at most 4 MiB, END with the sha256 of the
-//!    logical content) and a target side writes it, holes staying holes. Across processes it
+//!    frames, holes hashed by offset and length, not as zeros) and a target side writes it, holes staying holes. Across processes it
 //!    runs over TCP with TLS and a shared token ([`net`]); [`clone_volume`] runs both sides in
 //!    one process over a socket pair.
 //!
@@ -112,6 +112,8 @@ pub struct CloneReport {
     pub source_allocated: Option<u64>,
     /// Bytes the target has allocated (`None` for a block device, or the sending side).
     pub target_allocated: Option<u64>,
-    /// The sha256 of the logical content, when the strategy computed one (stream).
+    /// The sha256 of the logical content, when the strategy computed one. None does at
+    /// present: the stream checks a digest of its frames instead (hashing the zeros of holes
+    /// cost more than the transfer); `verify` compares sha256s without reporting them.
     pub sha256: Option<String>,
 }

@@ -176,11 +176,7 @@ fn sparse_copy(source: &SourceVolume, dst: &Path, target_size: u64, detect_zeroe
         let (start, len) = extent?;
         volume.write_zeroes(pos, start - pos).map_err(write_err)?;
         if in_kernel {
-            match volume.copy_from_file(&source.file, start, start, len) {
-                Ok(true) => {}
-                Ok(false) => in_kernel = false,
-                Err(e) => return Err(Error::io(dst, format!("copying {len} bytes at offset {start}"), e)),
-            }
+            in_kernel = copy_in_kernel(source, &volume, start, len)?;
         }
         if !in_kernel {
             if buf.is_empty() {
@@ -196,6 +192,26 @@ fn sparse_copy(source: &SourceVolume, dst: &Path, target_size: u64, detect_zeroe
     volume.finish()?;
     let method = if in_kernel { "copy_file_range" } else { "read/write" };
     Ok(Attempt::Done { method, bytes_copied: copied, check: true })
+}
+
+/// Copies `[start, start + len)` with `copy_file_range` in pieces of [`stream::WRITEBACK_BYTES`],
+/// starting the writeback of each piece as soon as it is copied, so that the disk writes while
+/// the next piece is copied (one huge call would leave all of it to the final flush).
+/// `Ok(false)` when the kernel cannot copy these files (then nothing was copied, or the caller
+/// copies the whole extent again by hand).
+fn copy_in_kernel(source: &SourceVolume, volume: &Volume, start: u64, len: u64) -> Result<bool> {
+    let end = start + len;
+    let mut at = start;
+    while at < end {
+        let n = (end - at).min(stream::WRITEBACK_BYTES);
+        match volume.copy_from_file(&source.file, at, at, n) {
+            Ok(true) => volume.start_writeback(at, n),
+            Ok(false) => return Ok(false),
+            Err(e) => return Err(Error::io(volume.path(), format!("copying {n} bytes at offset {at}"), e)),
+        }
+        at += n;
+    }
+    Ok(true)
 }
 
 /// Copies `[start, start + len)` through `buf`; with `detect_zeroes` zero blocks are

@@ -239,13 +239,12 @@ pub fn serve_once(listener: &TcpListener, src: &Path, opts: &ServeOptions) -> Re
         target_size: sent.target_size,
         source_allocated: source.allocated(),
         target_allocated: None,
-        sha256: Some(wire::hex(&sent.digest)),
+        sha256: None,
     })
 }
 
 struct Served {
     data_bytes: u64,
-    digest: [u8; 32],
     target_size: u64,
 }
 
@@ -300,7 +299,7 @@ fn serve_session(
     let mut message = vec![0u8; message_len];
     conn.read_exact(&mut message).map_err(rx("the result"))?;
     match result[0] {
-        0 => Ok(Served { data_bytes: sent.data_bytes, digest: sent.digest, target_size }),
+        0 => Ok(Served { data_bytes: sent.data_bytes, target_size }),
         _ => Err(Error::TargetFailed {
             peer: peer.to_owned(),
             message: String::from_utf8_lossy(&message).into_owned(),
@@ -370,7 +369,7 @@ pub fn receive(endpoint: &Endpoint, dst: &Path, opts: &ReceiveOptions) -> Result
         target_size: received.target_size,
         source_allocated: Some(received.header.allocated),
         target_allocated,
-        sha256: Some(wire::hex(&received.digest)),
+        sha256: None,
     })
 }
 
@@ -378,7 +377,6 @@ struct ReceivedVolume {
     header: wire::Header,
     target_size: u64,
     data_bytes: u64,
-    digest: [u8; 32],
 }
 
 fn receive_session(
@@ -440,7 +438,7 @@ fn receive_session(
     let reported = conn.write_all(&result).and_then(|()| conn.flush());
     let received = written?;
     reported.map_err(|e| Error::network(format!("telling the source {peer} the clone is done"), e))?;
-    Ok(ReceivedVolume { header, target_size, data_bytes: received.data_bytes, digest: received.digest })
+    Ok(ReceivedVolume { header, target_size, data_bytes: received.data_bytes })
 }
 
 #[cfg(test)]

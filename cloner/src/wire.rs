@@ -6,18 +6,21 @@
 //! frame header (17):  kind u8 | offset u64 | len u64          (all integers big-endian)
 //!   DATA (1): `len` (1..=MAX_DATA_FRAME) bytes of content follow
 //!   HOLE (2): `len` bytes of zeros, nothing follows
-//!   END  (3): offset = size, len = 32, the sha256 of the whole logical content follows
+//!   END  (3): offset = size, len = 32, the stream digest follows
 //! ```
 //! Frames cover the volume in order, each starting where the previous one ended; END comes
-//! exactly at `size`. The checksum covers every logical byte, zeros of holes included, so a
-//! target that drops or misplaces a frame fails even when the transport did not notice.
+//! exactly at `size`. The stream digest is the sha256 of every DATA and HOLE frame in order
+//! (its 17 header bytes, then a DATA frame's content): it covers every logical byte (a hole by
+//! its offset and length, not by hashing its zeros), so a target that drops, misplaces or
+//! garbles a frame fails even when the transport did not notice. (Version 1 hashed the logical
+//! content, zeros of holes included: gigabytes of zeros hashed on both sides.)
 
 use crate::error::{Error, Result};
 
 /// First bytes of a clone stream.
 pub const MAGIC: [u8; 8] = *b"DPCLONE\0";
 /// The one version spoken.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Bytes of the header.
 pub const HEADER_LEN: usize = 28;
 /// Bytes of a frame header.
@@ -73,7 +76,7 @@ pub enum FrameKind {
     Data,
     /// A run of zeros; nothing follows.
     Hole,
-    /// The end: the sha256 of the logical content follows.
+    /// The end: the stream digest (sha256 of the frames) follows.
     End,
 }
 
@@ -189,7 +192,7 @@ mod tests {
         #[rustfmt::skip]
         let expected: [u8; HEADER_LEN] = [
             b'D', b'P', b'C', b'L', b'O', b'N', b'E', 0, // magic
-            0, 1,                                        // version
+            0, 2,                                        // version
             0, 0,                                        // reserved
             0, 0, 0, 0, 0, 0, 1, 2,                      // size
             0, 0, 0, 0, 0, 0, 0, 3,                      // allocated
@@ -202,10 +205,10 @@ mod tests {
         let mut bad_magic = Header { size: 1, allocated: 0 }.encode();
         bad_magic[0] = b'X';
         let mut bad_version = Header { size: 1, allocated: 0 }.encode();
-        bad_version[9] = 2;
+        bad_version[9] = 1;
 
         assert!(Header::decode(&bad_magic).expect_err("magic").to_string().contains("bad magic"));
-        assert!(Header::decode(&bad_version).expect_err("version").to_string().contains("version 2"));
+        assert!(Header::decode(&bad_version).expect_err("version").to_string().contains("version 1"));
     }
 
     #[test]
