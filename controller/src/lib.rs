@@ -31,6 +31,7 @@
 pub mod api;
 pub mod catalog;
 pub mod cron;
+pub mod kube;
 pub mod local;
 pub mod manifest;
 pub mod plan;

@@ -1,0 +1,1 @@
+//! CustomResourceDefinitions generated from the API types (`diskplane crds`).
