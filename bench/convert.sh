@@ -56,7 +56,10 @@ BENCH_OUT="$out" "$here/make-inputs.sh"
 # --- VMDK / VHDX inputs (issue 9) ---------------------------------------------------------------
 # vmdk-stream.vmdk: a 2 GiB streamOptimized VMDK (the OVA case: every grain deflate-compressed) and
 # vhdx.vhdx: a 2 GiB dynamic VHDX, both made by qemu-img from the first 2 GiB of the OS-like disk.
-if [ ! -s "$out/vmdk-stream.vmdk" ] || [ ! -s "$out/vhdx.vhdx" ] || [ "${FORCE:-0}" = 1 ]; then
+# Made only when the filter selects one of them (`bench/convert.sh os-zstd` needs neither).
+wants_vmdk_vhdx=0
+case "vmdk-stream vhdx" in *"$filter"*) wants_vmdk_vhdx=1 ;; esac
+if [ "$wants_vmdk_vhdx" = 1 ] && { [ ! -s "$out/vmdk-stream.vmdk" ] || [ ! -s "$out/vhdx.vhdx" ] || [ "${FORCE:-0}" = 1 ]; }; then
     log "making the 2 GiB vmdk streamOptimized and vhdx inputs from os-plain.qcow2"
     qemu-img convert -O raw "$out/os-plain.qcow2" "$out/os-2g.raw"
     truncate -s 2G "$out/os-2g.raw"

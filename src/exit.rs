@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use disk_formats::ErrorKind;
 
 /// The kind of the first library error in the chain, if any.
-fn kind(err: &anyhow::Error) -> Option<ErrorKind> {
+pub fn kind(err: &anyhow::Error) -> Option<ErrorKind> {
     err.chain().find_map(|e| {
         if let Some(e) = e.downcast_ref::<disk_formats::Error>() {
             return Some(e.kind());

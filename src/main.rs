@@ -45,10 +45,17 @@ enum Command {
     Wait(cmd::wait::WaitArgs),
     /// Upload an image into a DataVolume (like virtctl image-upload), with a progress bar.
     Upload(cmd::upload::UploadArgs),
-    /// Run a worker role: upload-server (one volume's upload server), upload-token.
+    /// Run a worker role (the processes of the Kubernetes worker Pods): import, upload-server,
+    /// clone-source, clone-target; upload-token.
     Worker(cmd::worker::WorkerArgs),
     /// Boot a VirtualMachine (kubevirt.io/v1) on local volumes with qemu; read its console.
     Vm(cmd::vm::VmArgs),
+    /// Print the CustomResourceDefinitions of Kubernetes mode (generated from the API types),
+    /// or write one file per CRD with --out-dir (what deploy/crds/ holds).
+    Crds(cmd::crds::CrdsArgs),
+    /// Kubernetes mode: reconcile DataVolumes on a cluster (PVCs, restricted worker Pods,
+    /// upload Services, status and Events), with the same planner as `serve`.
+    Controller(cmd::controller::ControllerArgs),
 }
 
 /// How `info` prints.
@@ -111,6 +118,8 @@ fn main() -> ExitCode {
         Command::Upload(args) => cmd::upload::run(&args),
         Command::Worker(args) => cmd::worker::run(&args),
         Command::Vm(args) => cmd::vm::run(&args),
+        Command::Crds(args) => cmd::crds::run(&args),
+        Command::Controller(args) => cmd::controller::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -236,3 +236,84 @@ fn bad_crons_are_refused_at_apply() {
     assert!(object(&server, "dataimportcrons", "fedora-cron").is_none(), "nothing stored");
     assert!(object(&server, "datasources", "fedora").is_none());
 }
+
+/// A cron `name` on the test tag with `extra` spec lines (indented two spaces).
+fn named_cron_yaml(name: &str, host: &str, extra: &str) -> String {
+    cron_yaml(host, "0 0 1 1 *")
+        .replace("  name: fedora-cron\n", &format!("  name: {name}\n"))
+        .replace("  importsToKeep: 2\n", &format!("  importsToKeep: 2\n{extra}"))
+}
+
+fn label<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    object["metadata"]["labels"][key].as_str()
+}
+
+#[test]
+fn a_managed_data_source_is_not_shared_clones_mark_use_and_retention_none_cleans_up() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (image, sha) = version(tmp.path(), 1);
+    let registry = registry::Registry::start();
+    let host = registry.host();
+    let server = Serve::start(&tmp.path().join("data"), &["--insecure-registry", &host]);
+    let digest = push(&registry, &image);
+
+    // retentionPolicy None: the import and the DataSource are labelled for cleanup.
+    assert_ok(&server.apply(&named_cron_yaml("fedora-cron", &host, "  retentionPolicy: None\n"), &[]));
+    let import = wait_up_to_date(&server, &digest);
+    let dv = object(&server, "datavolumes", &import).expect("the import");
+    let ds = object(&server, "datasources", "fedora").expect("the DataSource");
+    for o in [&dv, &ds] {
+        assert_eq!(label(o, "cdi.kubevirt.io/dataImportCron.cleanup"), Some("true"), "{o}");
+    }
+    let first_uid = dv["metadata"]["uid"].clone();
+
+    // A second cron naming the same DataSource is refused, as CDI does.
+    assert_ok(&server.apply(&named_cron_yaml("other-cron", &host, ""), &[]));
+    wait_until(&server, "other-cron to be flagged", || {
+        let cron = object(&server, "dataimportcrons", "other-cron").expect("other-cron");
+        condition(&cron, "UpToDate").is_some_and(|c| c["reason"] == "ErrDataSourceAlreadyManaged")
+    });
+    let other = object(&server, "dataimportcrons", "other-cron").expect("other-cron");
+    let flagged = condition(&other, "UpToDate").expect("UpToDate");
+    assert_eq!(flagged["status"], "False");
+    assert_eq!(flagged["message"], "DataSource fedora is already managed by DataImportCron fedora-cron");
+    assert!(
+        other["metadata"]["annotations"]["cdi.kubevirt.io/storage.import.lastCronTime"].is_null(),
+        "no poll"
+    );
+    assert_eq!(
+        label(&object(&server, "datasources", "fedora").expect("ds"), "cdi.kubevirt.io/dataImportCron"),
+        Some("fedora-cron")
+    );
+
+    // A clone through the DataSource is a use of the import.
+    let consumer = "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: vm-disk\nspec:\n  sourceRef:\n    kind: DataSource\n    name: fedora\n  storage:\n    resources:\n      requests:\n        storage: 8Mi\n";
+    assert_ok(&server.apply(consumer, &[]));
+    assert_ok(&server.wait("vm-disk", "120s"));
+    assert_eq!(sha256_file(&server.disk("vm-disk")), sha, "clone of the import");
+    let created =
+        object(&server, "datavolumes", "vm-disk").expect("vm-disk")["metadata"]["creationTimestamp"].clone();
+    let dv = object(&server, "datavolumes", &import).expect("the import");
+    assert_eq!(
+        dv["metadata"]["annotations"]["cdi.kubevirt.io/storage.import.lastUseTime"], created,
+        "the import's last use is the clone"
+    );
+
+    // The first cron goes: its import and DataSource go with it; then other-cron takes over.
+    let (status, body) = http(server.port, "DELETE", &format!("{CDI}/dataimportcrons/fedora-cron"));
+    assert_eq!(status, 200, "delete: {body}");
+    wait_until(&server, "other-cron to own the DataSource and a fresh import", || {
+        let ds = object(&server, "datasources", "fedora");
+        let dv = object(&server, "datavolumes", &import);
+        ds.is_some_and(|ds| {
+            label(&ds, "cdi.kubevirt.io/dataImportCron") == Some("other-cron") && is_true(&ds, "Ready")
+        }) && dv.is_some_and(|dv| {
+            label(&dv, "cdi.kubevirt.io/dataImportCron") == Some("other-cron")
+                && dv["metadata"]["uid"] != first_uid
+        })
+    });
+    let dv = object(&server, "datavolumes", &import).expect("other-cron's import");
+    assert!(label(&dv, "cdi.kubevirt.io/dataImportCron.cleanup").is_none(), "RetainAll: no cleanup label");
+    assert_eq!(sha256_file(&server.disk(&import)), sha, "other-cron's import");
+    assert_eq!(sha256_file(&server.disk("vm-disk")), sha, "the clone is not the cron's: kept");
+}

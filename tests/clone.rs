@@ -549,7 +549,7 @@ fn stream_over_tls_between_two_processes_is_identical_and_keeps_holes() {
     let expected = sha256(&src, 64 * MIB);
     // The stream checks a digest of its frames, not the logical sha256 (not reported).
     assert!(report["sha256"].is_null(), "{report}");
-    assert_eq!(report["verification"], "stream-sha256");
+    assert_eq!(report["verification"], "stream-xxh3");
     assert_eq!(sha256(&dst, size(&dst)), expected);
     assert_eq!(size(&dst), 64 * MIB);
     assert!(allocated(&dst) <= allocated(&src) + MIB, "{} vs {}", allocated(&dst), allocated(&src));

@@ -3,7 +3,8 @@
 //! is made, and `fixtures/qcow2_patch.py` for every hostile patch).
 //!
 //! Every row of `expected.tsv` has its own test in [`matrix`], named after the row, so a failure
-//! names the image:
+//! names the image (the row checks live in `peers/fixture_table.rs`, shared with
+//! `convert_formats.rs`):
 //! - `ok` rows: exit 0, the output's sha256 equals that of `qemu-img convert -O raw` (recorded at
 //!   generation time), the output occupies no more disk than qemu-img's did, and nothing but
 //!   the output is left in the directory;
@@ -18,239 +19,55 @@
 //! Fixtures are generated once into `target/fixtures` (or `$DISKPLANE_FIXTURES`) under
 //! `flock`, since nextest runs every test in its own process.
 
-use std::collections::BTreeSet;
-use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+#[macro_use]
+#[allow(dead_code)]
+#[path = "peers/fixture_table.rs"]
+mod fixture_table;
+
+use std::ffi::OsStr;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use fixture_table::{
+    Expect, FS_METADATA_SLACK, Row, Table, allocated, convert, diskplane, json_of, leftovers, sha256_range,
+    stderr,
+};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-const DISKPLANE: &str = env!("CARGO_BIN_EXE_diskplane");
 const MAKE_IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/make-images.sh");
 const MIB: u64 = 1 << 20;
-/// Allocation is compared with qemu-img's allowing for filesystem metadata: the same extents can
-/// occupy one more 4 KiB block (an ext4 extent-tree block) from one write pattern to another.
-const FS_METADATA_SLACK: u64 = 8 << 10;
 
 // --- the fixture matrix -------------------------------------------------------------------------
 
-/// One line of `expected.tsv`.
-#[derive(Debug, Clone)]
-struct Row {
-    name: String,
-    expect: Expect,
-    /// Extra arguments for `diskplane convert`.
-    args: Vec<String>,
-}
-
-#[derive(Debug, Clone)]
-enum Expect {
-    /// Converts to exactly qemu-img's output; `sha256` is `None` for `skip-sha` rows (checked
-    /// region by region from `<name>.regions`).
-    Ok { sha256: Option<String>, qemu_alloc: u64 },
-    /// Refused: one of `exit_codes`, an error line containing one of `words`.
-    Reject { words: Vec<String>, exit_codes: Vec<i32> },
-}
-
-/// The generated fixtures directory (generated on first use, once per process, under a file
-/// lock across processes; the script itself skips the work when its output is current).
-fn fixtures_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = match std::env::var_os("DISKPLANE_FIXTURES") {
-            Some(dir) => PathBuf::from(dir),
-            None => Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("fixtures"),
-        };
-        let lock = dir.with_extension("lock");
-        let out = Command::new("flock")
-            .arg(&lock)
-            .arg("bash")
-            .arg(MAKE_IMAGES)
-            .arg(&dir)
-            .output()
-            .expect("running flock (util-linux) to generate fixtures");
-        assert!(
-            out.status.success(),
-            "fixtures/make-images.sh {} failed ({}):\n{}{}",
-            dir.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
-}
-
-fn rows() -> &'static [Row] {
-    static ROWS: OnceLock<Vec<Row>> = OnceLock::new();
-    ROWS.get_or_init(|| {
-        let path = fixtures_dir().join("expected.tsv");
-        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).map(parse_row).collect()
-    })
-}
-
-fn parse_row(line: &str) -> Row {
-    let cols: Vec<&str> = line.split('\t').collect();
-    let [name, expect, detail, qemu_alloc, exit, args] = cols[..] else {
-        panic!("expected.tsv: want 6 tab-separated columns: {line:?}");
-    };
-    let alternatives = |s: &str| s.split('|').map(str::to_owned).collect::<Vec<_>>();
-    let expect = match expect {
-        "ok" => Expect::Ok {
-            sha256: (detail != "skip-sha").then(|| detail.to_owned()),
-            qemu_alloc: qemu_alloc.parse().unwrap_or_else(|_| panic!("bad qemu_alloc in {line:?}")),
-        },
-        "reject" => Expect::Reject {
-            words: alternatives(detail),
-            exit_codes: alternatives(exit)
-                .iter()
-                .map(|c| c.parse().unwrap_or_else(|_| panic!("bad exit code in {line:?}")))
-                .collect(),
-        },
-        other => panic!("expected.tsv: unknown expectation {other:?} in {line:?}"),
-    };
-    let args = if args == "-" { Vec::new() } else { args.split(' ').map(str::to_owned).collect() };
-    Row { name: name.to_owned(), expect, args }
+/// `fixtures/make-images.sh`'s images in `target/fixtures` (or `$DISKPLANE_FIXTURES`).
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(|| Table::generate("DISKPLANE_FIXTURES", "fixtures", MAKE_IMAGES))
 }
 
 fn row(name: &str) -> &'static Row {
-    rows().iter().find(|r| r.name == name).unwrap_or_else(|| {
-        panic!("no row {name:?} in expected.tsv: fixtures/make-images.sh and this test are out of sync")
-    })
+    table().row(name)
 }
 
 fn image(name: &str) -> PathBuf {
-    fixtures_dir().join(format!("{name}.img"))
+    table().image(name)
 }
 
-/// A scratch directory on the fixtures' filesystem, so allocation compares with qemu-img's.
 fn scratch_dir(name: &str) -> tempfile::TempDir {
-    let parent = fixtures_dir().parent().expect("fixtures dir has a parent");
-    tempfile::Builder::new().prefix(&format!("convert-{name}-")).tempdir_in(parent).expect("tempdir")
+    table().scratch_dir("convert", name)
 }
 
-// --- running and checking --------------------------------------------------------------------
-
-fn diskplane<I, S>(args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    Command::new(DISKPLANE).args(args).output().expect("running diskplane")
-}
-
-fn convert(img: &Path, out: &Path, extra: &[String]) -> Output {
-    let mut args: Vec<OsString> = vec!["convert".into(), img.into(), out.into()];
-    args.extend(extra.iter().map(OsString::from));
-    diskplane(args)
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// sha256 of `len` bytes of `path` from `offset` (to end of file when `len` is `None`); fails if
-/// the file is shorter.
-fn sha256_range(path: &Path, offset: u64, len: Option<u64>) -> String {
-    use std::io::{Seek, SeekFrom};
-    let mut file = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-    file.seek(SeekFrom::Start(offset)).expect("seek");
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; MIB as usize];
-    let mut left = len.unwrap_or(u64::MAX);
-    while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = file.read(&mut buf[..want]).expect("read");
-        if n == 0 {
-            assert!(len.is_none(), "{} ends {left} bytes before offset {offset} + {len:?}", path.display());
-            break;
-        }
-        hasher.update(&buf[..n]);
-        left -= n as u64;
-    }
-    hex(&hasher.finalize())
-}
-
-fn allocated(path: &Path) -> u64 {
-    fs::metadata(path).expect("metadata").blocks() * 512
-}
-
-fn leftovers(dir: &Path, keep: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .expect("read_dir")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p != keep)
-        .map(|p| p.display().to_string())
-        .collect()
-}
-
-/// The whole check for one row of the matrix.
+/// The whole check for one row of the matrix (see `fixture_table`).
 fn check_fixture(name: &str) {
-    let row = row(name);
-    let img = image(name);
-    let dir = scratch_dir(name);
-    let out_path = dir.path().join("out.raw");
-    let out = convert(&img, &out_path, &row.args);
-    match &row.expect {
-        Expect::Ok { sha256, qemu_alloc } => {
-            assert!(out.status.success(), "{name}: convert failed ({}): {}", out.status, stderr(&out));
-            match sha256 {
-                Some(want) => {
-                    let len = fs::metadata(&out_path).expect("metadata").len();
-                    assert_eq!(
-                        &sha256_range(&out_path, 0, None),
-                        want,
-                        "{name}: output ({len} bytes) differs from qemu-img's"
-                    );
-                }
-                None => check_regions(name, &out_path),
-            }
-            let ours = allocated(&out_path);
-            assert!(
-                ours <= qemu_alloc + FS_METADATA_SLACK,
-                "{name}: output occupies {ours} bytes on disk, qemu-img's only {qemu_alloc} (holes missed?)"
-            );
-            let left = leftovers(dir.path(), &out_path);
-            assert!(left.is_empty(), "{name}: files left next to the output: {left:?}");
-        }
-        Expect::Reject { words, exit_codes } => {
-            let text = stderr(&out);
-            assert!(!out.status.success(), "{name}: converted, but must be refused ({words:?})");
-            let code = out.status.code();
-            assert!(
-                code.is_some_and(|c| exit_codes.contains(&c)),
-                "{name}: exit code {code:?}, want one of {exit_codes:?}; stderr: {text}"
-            );
-            let line = text.strip_suffix('\n').unwrap_or(&text);
-            assert!(
-                !line.trim().is_empty() && !line.contains('\n'),
-                "{name}: stderr must be exactly one non-empty line, got {text:?}"
-            );
-            let lower = line.to_lowercase();
-            assert!(
-                words.iter().any(|w| lower.contains(w.as_str())),
-                "{name}: error line must mention one of {words:?}: {line:?}"
-            );
-            assert!(!out_path.exists(), "{name}: rejected, but {} exists", out_path.display());
-            let left = leftovers(dir.path(), &out_path);
-            assert!(left.is_empty(), "{name}: partial or scratch files left behind: {left:?}");
-        }
-    }
+    table().check(name, "convert", &check_regions);
 }
 
 /// For `skip-sha` rows: the output's size, and the sha256 of each region qemu-img's output had.
 fn check_regions(name: &str, out: &Path) {
-    let path = fixtures_dir().join(format!("{name}.regions"));
+    let path = table().dir().join(format!("{name}.regions"));
     let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
@@ -270,19 +87,6 @@ fn check_regions(name: &str, out: &Path) {
             _ => panic!("{}: bad line {line:?}", path.display()),
         }
     }
-}
-
-/// One `#[test]` per fixture row, named after it, plus the list used by the drift check.
-macro_rules! fixture_tests {
-    ($($name:ident),* $(,)?) => {
-        pub(super) const FIXTURE_TESTS: &[&str] = &[$(stringify!($name)),*];
-        $(
-            #[test]
-            fn $name() {
-                super::check_fixture(stringify!($name));
-            }
-        )*
-    };
 }
 
 /// The matrix, in the order of `fixtures/make-images.sh`.
@@ -330,21 +134,10 @@ mod matrix {
 
 #[test]
 fn every_fixture_row_has_a_test_and_every_test_a_row() {
-    let in_tsv: BTreeSet<&str> = rows().iter().map(|r| r.name.as_str()).collect();
-    let in_tests: BTreeSet<&str> = matrix::FIXTURE_TESTS.iter().copied().collect();
-    let untested: Vec<_> = in_tsv.difference(&in_tests).collect();
-    let missing: Vec<_> = in_tests.difference(&in_tsv).collect();
-    assert!(untested.is_empty(), "rows of expected.tsv without a test in `matrix`: {untested:?}");
-    assert!(missing.is_empty(), "tests in `matrix` without a row in expected.tsv: {missing:?}");
-    assert_eq!(in_tsv.len(), rows().len(), "duplicate row names in expected.tsv");
+    table().assert_one_test_per_row(matrix::FIXTURE_TESTS);
 }
 
 // --- info -----------------------------------------------------------------------------------
-
-fn json_of(output: Output, what: &str) -> Value {
-    assert!(output.status.success(), "{what} failed ({}): {}", output.status, stderr(&output));
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{what}: not JSON ({e})"))
-}
 
 fn diskplane_info(img: &Path) -> Value {
     json_of(

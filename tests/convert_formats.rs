@@ -1,6 +1,7 @@
 //! `diskplane convert` and `diskplane info` on VMDK, VHD (vpc), VHDX and VDI images against
 //! qemu-img, over the matrix that `fixtures/make-formats.sh` generates (hostile patches are
-//! documented in `fixtures/formats_patch.py`). Same approach as `convert_fixtures.rs`:
+//! documented in `fixtures/formats_patch.py`), with the row checks of `peers/fixture_table.rs`
+//! that `convert_fixtures.rs` uses too:
 //!
 //! - `ok` rows: exit 0, the output's sha256 equals that of `qemu-img convert -f FORMAT -O raw`
 //!   (recorded at generation time), the output occupies no more disk than qemu-img's did (holes
@@ -13,189 +14,32 @@
 //! Fixtures are generated once into `target/fixtures-formats` (or `$DISKPLANE_FORMAT_FIXTURES`)
 //! under `flock`, since nextest runs every test in its own process.
 
+#[macro_use]
 #[allow(dead_code)]
-#[path = "peers/common.rs"]
-mod common;
-use common::sha256_file;
-use std::collections::BTreeSet;
-use std::ffi::OsStr;
-use std::fs;
+#[path = "peers/fixture_table.rs"]
+mod fixture_table;
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Command;
 use std::sync::OnceLock;
 
-use serde_json::Value;
+use fixture_table::{Expect, Table, diskplane, json_of};
 
-const DISKPLANE: &str = env!("CARGO_BIN_EXE_diskplane");
 const MAKE_FORMATS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/make-formats.sh");
-/// Allocation is compared with qemu-img's allowing for filesystem metadata (one extent-tree
-/// block more or less, as in `convert_fixtures.rs`).
-const FS_METADATA_SLACK: u64 = 8 << 10;
 
-#[derive(Debug, Clone)]
-enum Expect {
-    Ok { sha256: String, qemu_alloc: u64 },
-    Reject { words: Vec<String>, exit_codes: Vec<i32> },
+/// `fixtures/make-formats.sh`'s images in `target/fixtures-formats` (or
+/// `$DISKPLANE_FORMAT_FIXTURES`).
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(|| Table::generate("DISKPLANE_FORMAT_FIXTURES", "fixtures-formats", MAKE_FORMATS))
 }
 
-#[derive(Debug, Clone)]
-struct Row {
-    name: String,
-    expect: Expect,
-}
-
-fn fixtures_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = match std::env::var_os("DISKPLANE_FORMAT_FIXTURES") {
-            Some(dir) => PathBuf::from(dir),
-            None => {
-                Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("fixtures-formats")
-            }
-        };
-        let lock = dir.with_extension("lock");
-        let out = Command::new("flock")
-            .arg(&lock)
-            .arg("bash")
-            .arg(MAKE_FORMATS)
-            .arg(&dir)
-            .output()
-            .expect("running flock (util-linux) to generate fixtures");
-        assert!(
-            out.status.success(),
-            "fixtures/make-formats.sh {} failed ({}):\n{}{}",
-            dir.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
-}
-
-fn rows() -> &'static [Row] {
-    static ROWS: OnceLock<Vec<Row>> = OnceLock::new();
-    ROWS.get_or_init(|| {
-        let path = fixtures_dir().join("expected.tsv");
-        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).map(parse_row).collect()
-    })
-}
-
-fn parse_row(line: &str) -> Row {
-    let cols: Vec<&str> = line.split('\t').collect();
-    let [name, expect, detail, qemu_alloc, exit, _args] = cols[..] else {
-        panic!("expected.tsv: want 6 tab-separated columns: {line:?}");
-    };
-    let alternatives = |s: &str| s.split('|').map(str::to_owned).collect::<Vec<_>>();
-    let expect = match expect {
-        "ok" => Expect::Ok {
-            sha256: detail.to_owned(),
-            qemu_alloc: qemu_alloc.parse().unwrap_or_else(|_| panic!("bad qemu_alloc in {line:?}")),
-        },
-        "reject" => Expect::Reject {
-            words: alternatives(detail),
-            exit_codes: alternatives(exit)
-                .iter()
-                .map(|c| c.parse().unwrap_or_else(|_| panic!("bad exit code in {line:?}")))
-                .collect(),
-        },
-        other => panic!("expected.tsv: unknown expectation {other:?} in {line:?}"),
-    };
-    Row { name: name.to_owned(), expect }
-}
-
-fn row(name: &str) -> &'static Row {
-    rows().iter().find(|r| r.name == name).unwrap_or_else(|| {
-        panic!("no row {name:?} in expected.tsv: fixtures/make-formats.sh and this test are out of sync")
-    })
-}
-
-fn image(name: &str) -> PathBuf {
-    fixtures_dir().join(format!("{name}.img"))
-}
-
-fn scratch_dir(name: &str) -> tempfile::TempDir {
-    let parent = fixtures_dir().parent().expect("fixtures dir has a parent");
-    tempfile::Builder::new().prefix(&format!("formats-{name}-")).tempdir_in(parent).expect("tempdir")
-}
-
-fn diskplane<I, S>(args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    Command::new(DISKPLANE).args(args).output().expect("running diskplane")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn leftovers(dir: &Path, keep: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .expect("read_dir")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p != keep)
-        .map(|p| p.display().to_string())
-        .collect()
-}
-
-/// The whole check for one row of the matrix.
+/// The whole check for one row of the matrix (see `fixture_table`); every `ok` row here has a
+/// sha256.
 fn check_fixture(name: &str) {
-    let row = row(name);
-    let dir = scratch_dir(name);
-    let out_path = dir.path().join("out.raw");
-    let out = diskplane([OsStr::new("convert"), image(name).as_os_str(), out_path.as_os_str()]);
-    match &row.expect {
-        Expect::Ok { sha256, qemu_alloc } => {
-            assert!(out.status.success(), "{name}: convert failed ({}): {}", out.status, stderr(&out));
-            assert_eq!(&sha256_file(&out_path), sha256, "{name}: output differs from qemu-img's");
-            let ours = fs::metadata(&out_path).expect("metadata").blocks() * 512;
-            assert!(
-                ours <= qemu_alloc + FS_METADATA_SLACK,
-                "{name}: output occupies {ours} bytes on disk, qemu-img's only {qemu_alloc} (holes missed?)"
-            );
-            let left = leftovers(dir.path(), &out_path);
-            assert!(left.is_empty(), "{name}: files left next to the output: {left:?}");
-        }
-        Expect::Reject { words, exit_codes } => {
-            let text = stderr(&out);
-            assert!(!out.status.success(), "{name}: converted, but must be refused ({words:?})");
-            let code = out.status.code();
-            assert!(
-                code.is_some_and(|c| exit_codes.contains(&c)),
-                "{name}: exit code {code:?}, want one of {exit_codes:?}; stderr: {text}"
-            );
-            let line = text.strip_suffix('\n').unwrap_or(&text);
-            assert!(
-                !line.trim().is_empty() && !line.contains('\n'),
-                "{name}: stderr must be exactly one non-empty line, got {text:?}"
-            );
-            let lower = line.to_lowercase();
-            assert!(
-                words.iter().any(|w| lower.contains(w.as_str())),
-                "{name}: error line must mention one of {words:?}: {line:?}"
-            );
-            assert!(!out_path.exists(), "{name}: rejected, but {} exists", out_path.display());
-            let left = leftovers(dir.path(), &out_path);
-            assert!(left.is_empty(), "{name}: partial files left behind: {left:?}");
-        }
-    }
-}
-
-macro_rules! fixture_tests {
-    ($($name:ident),* $(,)?) => {
-        pub(super) const FIXTURE_TESTS: &[&str] = &[$(stringify!($name)),*];
-        $(
-            #[test]
-            fn $name() {
-                super::check_fixture(stringify!($name));
-            }
-        )*
-    };
+    let no_regions = |name: &str, _: &Path| panic!("{name}: skip-sha rows are not used for these formats");
+    table().check(name, "formats", &no_regions);
 }
 
 /// The matrix, in the order of `fixtures/make-formats.sh`.
@@ -223,30 +67,19 @@ mod matrix {
 
 #[test]
 fn every_fixture_row_has_a_test_and_every_test_a_row() {
-    let in_tsv: BTreeSet<&str> = rows().iter().map(|r| r.name.as_str()).collect();
-    let in_tests: BTreeSet<&str> = matrix::FIXTURE_TESTS.iter().copied().collect();
-    let untested: Vec<_> = in_tsv.difference(&in_tests).collect();
-    let missing: Vec<_> = in_tests.difference(&in_tsv).collect();
-    assert!(untested.is_empty(), "rows of expected.tsv without a test in `matrix`: {untested:?}");
-    assert!(missing.is_empty(), "tests in `matrix` without a row in expected.tsv: {missing:?}");
-    assert_eq!(in_tsv.len(), rows().len(), "duplicate row names in expected.tsv");
+    table().assert_one_test_per_row(matrix::FIXTURE_TESTS);
 }
 
 // --- info -----------------------------------------------------------------------------------
-
-fn json_of(output: Output, what: &str) -> Value {
-    assert!(output.status.success(), "{what} failed ({}): {}", output.status, stderr(&output));
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{what}: not JSON ({e})"))
-}
 
 /// `diskplane info -o json` of every `ok` row agrees with `qemu-img info -f FORMAT` (the
 /// format is the name's prefix) on format, virtual size and, where qemu reports one, cluster size.
 #[test]
 fn info_matches_qemu_img_for_every_valid_image() {
-    for row in rows().iter().filter(|r| matches!(r.expect, Expect::Ok { .. })) {
+    for row in table().rows().iter().filter(|r| matches!(r.expect, Expect::Ok { .. })) {
         let name = &row.name;
         let format = name.split('_').next().expect("prefix");
-        let img = image(name);
+        let img = table().image(name);
         let ours = json_of(
             diskplane([OsStr::new("info"), img.as_os_str(), OsStr::new("-o"), OsStr::new("json")]),
             "diskplane info",
@@ -270,7 +103,7 @@ fn info_matches_qemu_img_for_every_valid_image() {
 #[test]
 fn info_names_the_vmdk_subformat_and_the_vhd_size_rule() {
     let info = |name: &str| {
-        let img = image(name);
+        let img = table().image(name);
         json_of(diskplane([OsStr::new("info"), img.as_os_str(), OsStr::new("-o"), OsStr::new("json")]), name)
     };
     assert_eq!(info("vmdk_stream")["format_specific"]["create_type"], "streamOptimized");

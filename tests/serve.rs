@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use serve::{Serve, free_port, http};
+use serve::{DetachLoopsOnDrop, Serve, free_port, http};
 
 // ---------------------------------------------------------------------------------------------
 // Images, made once per target dir.
@@ -335,6 +335,8 @@ const DATAVOLUME_EXAMPLES: &[(&str, Option<&str>)] = &[
 fn every_cdi_example_is_accepted_or_rejected_through_the_server() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/cdi-examples/manifests-example");
     let (_tmp, data) = data_dir();
+    // Some examples are Block DataVolumes: each gets a loop device.
+    let _detach = DetachLoopsOnDrop(data.clone());
     let server = Serve::start(&data, &[]);
     let mut files: Vec<PathBuf> =
         std::fs::read_dir(&examples).expect("cdi examples").flatten().map(|e| e.path()).collect();

@@ -314,8 +314,12 @@ fn other_methods_archive_health_and_ca() {
     let server = Server::start();
     assert_eq!(curl(&[&server.url("/v1beta1/upload")]).0, 404, "GET on an upload route");
     assert_eq!(curl(&["-I", &server.url("/v1beta1/upload")]).0, 404, "HEAD on the sync route");
-    let (status, body) = curl(&["-X", "POST", "--data-binary", "x", &server.url("/v1beta1/upload-archive")]);
-    assert_eq!((status, body.trim()), (400, "archive uploads are not supported"));
+    let auth = format!("Authorization: Bearer {}", server.good_token());
+    let (status, body) =
+        curl(&["-H", &auth, "-X", "POST", "--data-binary", "x", &server.url("/v1beta1/upload-archive")]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("takes a disk image (contentType: kubevirt), not an archive"), "{body}");
+    assert_nothing_kept(&server);
     assert_eq!(curl(&[&server.url("/healthz")]), (200, "OK".to_owned()));
     assert_eq!(curl(&[&server.url("/v1beta1/ca.crt")]).0, 404, "no CA without TLS");
 }
@@ -649,4 +653,177 @@ fn form_async_upload_finishes_and_exit_on_success_stops_the_server() {
     let exit = server.child.wait().expect("waiting for the server");
     assert!(exit.success(), "{exit:?}");
     assert_volume_is(&server, "raw.img.ref");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Archive volumes (`contentType: archive`): the upload server of the `uploader` crate in this
+// process, over a directory volume, with curl as the client and GNU tar making the archives.
+
+/// An upload server for `default/disk` taking archives into `<dir>/fs`.
+struct ArchiveServer {
+    dir: tempfile::TempDir,
+    base: String,
+    token: String,
+    backend: std::sync::Arc<uploader::backend::SingleVolumeBackend>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ArchiveServer {
+    fn start() -> Self {
+        use uploader::backend::{Content, SingleVolumeBackend, UploadTarget};
+        use uploader::server::{DEFAULT_IDLE_TIMEOUT, ServerConfig};
+        use uploader::token::{Claims, DEFAULT_TTL, TokenKey, unix_now};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let target = UploadTarget {
+            path: dir.path().join("fs"),
+            max_size: 32 << 20,
+            scratch_dir: dir.path().to_owned(),
+            create: storage::CreateOptions::default(),
+        };
+        let backend = std::sync::Arc::new(
+            SingleVolumeBackend::new("default", "disk", target).with_content(Content::Archive),
+        );
+        let key = TokenKey::from_bytes(b"a test key of thirty-two bytes!!".to_vec()).expect("key");
+        let token = key.issue(&Claims::upload("default", "disk", unix_now(), DEFAULT_TTL));
+        let config =
+            ServerConfig { key, backend: backend.clone(), ca_pem: None, idle_timeout: DEFAULT_IDLE_TIMEOUT };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let addr = "127.0.0.1:0".parse().expect("address");
+            let on_ready = move |a| ready_tx.send(a).expect("ready");
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            uploader::server::serve_blocking(addr, None, config, on_ready, shutdown).expect("serving");
+        });
+        let addr = ready_rx.recv().expect("the server's address");
+        Self { dir, base: format!("http://{addr}"), token, backend, stop: Some(stop), thread: Some(thread) }
+    }
+
+    fn upload(&self, file: &Path, route: &str) -> (u16, String) {
+        let auth = format!("Authorization: Bearer {}", self.token);
+        let data = format!("@{}", file.display());
+        curl(&["-H", &auth, "--data-binary", &data, &format!("{}{route}", self.base)])
+    }
+
+    fn fs(&self) -> PathBuf {
+        self.dir.path().join("fs")
+    }
+
+    /// Everything in the volume's parent directory: `fs` once extracted, and any leftovers.
+    fn entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .expect("listing")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for ArchiveServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Runs GNU tar in `dir`.
+fn tar(dir: &Path, args: &[&str]) {
+    let out = Command::new("tar").args(args).current_dir(dir).output().expect("running tar");
+    assert!(out.status.success(), "tar {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A tree `src/` with a nested file, an empty file, a relative symlink, and 3 MiB of data.
+fn make_tree(dir: &Path) -> PathBuf {
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("etc/conf.d")).expect("dirs");
+    std::fs::write(src.join("etc/hostname"), b"diskplane-archive\n").expect("file");
+    std::fs::write(src.join("etc/conf.d/empty"), b"").expect("file");
+    let big: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(src.join("data.bin"), &big).expect("file");
+    std::os::unix::fs::symlink("etc/hostname", src.join("hostname")).expect("symlink");
+    src
+}
+
+fn assert_tree_extracted(server: &ArchiveServer, src: &Path) {
+    let fs = server.fs();
+    for file in ["etc/hostname", "etc/conf.d/empty", "data.bin"] {
+        assert_eq!(
+            std::fs::read(fs.join(file)).expect(file),
+            std::fs::read(src.join(file)).expect(file),
+            "{file} differs"
+        );
+    }
+    assert_eq!(std::fs::read_link(fs.join("hostname")).expect("symlink"), Path::new("etc/hostname"));
+    assert_eq!(server.entries(), vec!["fs".to_owned()], "leftovers beside the volume");
+}
+
+#[test]
+fn curl_archive_uploads_plain_and_gzip_are_extracted_with_their_contents() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let src = make_tree(work.path());
+    tar(&src, &["-cf", "../tree.tar", "."]);
+    tar(&src, &["-czf", "../tree.tar.gz", "."]);
+
+    for (archive, route) in
+        [("tree.tar", "/v1beta1/upload-archive"), ("tree.tar.gz", "/v1alpha1/upload-archive")]
+    {
+        let server = ArchiveServer::start();
+        let (status, body) = server.upload(&work.path().join(archive), route);
+        assert_eq!(status, 200, "{archive}: {body}");
+        assert_tree_extracted(&server, &src);
+        assert_eq!(server.backend.state(), uploader::backend::VolumeState::Done);
+
+        // One upload per volume, as for disks.
+        let (status, body) = server.upload(&work.path().join(archive), route);
+        assert_eq!(status, 409, "{body}");
+    }
+}
+
+#[test]
+fn an_archive_volume_extracts_what_the_plain_upload_route_sends() {
+    // CDI's upload proxy sends every upload to an archive volume to /upload-archive.
+    let work = tempfile::tempdir().expect("temp dir");
+    let src = make_tree(work.path());
+    tar(&src, &["-cJf", "../tree.tar.xz", "."]);
+
+    let server = ArchiveServer::start();
+    let (status, body) = server.upload(&work.path().join("tree.tar.xz"), "/v1beta1/upload");
+    assert_eq!(status, 200, "{body}");
+    assert_tree_extracted(&server, &src);
+}
+
+#[test]
+fn an_archive_with_a_parent_dir_entry_gets_400_naming_it_and_nothing_is_written() {
+    let work = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(work.path().join("inside")).expect("dir");
+    std::fs::write(work.path().join("inside/ok"), b"fine").expect("file");
+    std::fs::write(work.path().join("x"), b"escaped").expect("file");
+    // -P keeps the member name `../x` as given (GNU tar strips it otherwise).
+    tar(&work.path().join("inside"), &["-cPf", "../evil.tar", "ok", "../x"]);
+
+    let server = ArchiveServer::start();
+    let (status, body) = server.upload(&work.path().join("evil.tar"), "/v1beta1/upload-archive");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("archive entry \"../x\" leaves the target directory"), "{body}");
+    assert!(server.entries().is_empty(), "written: {:?}", server.entries());
+    assert!(!server.dir.path().join("x").exists(), "written outside the volume");
+    assert_eq!(server.backend.state(), uploader::backend::VolumeState::Ready, "not done");
+}
+
+#[test]
+fn a_disk_image_sent_to_an_archive_volume_gets_400() {
+    let server = ArchiveServer::start();
+    let (status, body) = server.upload(&image("img.qcow2"), "/v1beta1/upload-archive");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("needs a tar archive, but the source holds qcow2"), "{body}");
+    assert!(server.entries().is_empty(), "written: {:?}", server.entries());
 }

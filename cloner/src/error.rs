@@ -48,10 +48,9 @@ pub enum Error {
         /// Where it differs.
         detail: String,
     },
-    /// The sha256 at the end of a stream does not match the bytes received.
-    #[error(
-        "stream checksum mismatch: the source sent sha256:{expected}, the target received sha256:{actual}"
-    )]
+    /// The digest at the end of a stream (XXH3-128 of its frames) does not match the frames
+    /// received.
+    #[error("stream checksum mismatch: the source sent xxh3:{expected}, the target received xxh3:{actual}")]
     Checksum {
         /// Hex digest the source computed.
         expected: String,

@@ -12,8 +12,10 @@
 //!    (block devices), and leaves holes as holes (zeroed ranges on a block device). With
 //!    [`CloneOptions::detect_zeroes`] all-zero blocks inside data extents become holes too.
 //! 3. [`Strategy::Stream`]: the host-assisted path: a source side serves the volume as a framed
-//!    stream ([`wire`]: header, DATA / HOLE frames of at most 4 MiB, END with the sha256 of the
-//!    frames, holes hashed by offset and length, not as zeros) and a target side writes it, holes staying holes. Across processes it
+//!    stream ([`wire`]: header, DATA / HOLE frames of at most 4 MiB, END with the XXH3-128 of
+//!    the frames, holes hashed by offset and length, not as zeros) and a target side writes
+//!    it, holes staying holes; each side pipelines its disk and transport work on two
+//!    threads. Across processes it
 //!    runs over TCP with TLS and a shared token ([`net`]); [`clone_volume`] runs both sides in
 //!    one process over a socket pair.
 //!
@@ -100,7 +102,7 @@ pub struct CloneReport {
     pub method: &'static str,
     /// Why faster strategies were skipped or rejected (`None` when the first one worked).
     pub fallback_reason: Option<String>,
-    /// How the result was checked: `sampled`, `sha256`, `stream-sha256`.
+    /// How the result was checked: `sampled`, `sha256`, `stream-xxh3` (the stream's XXH3-128 of its frames).
     pub verification: &'static str,
     /// Data bytes written to the target (0 for a reflink: blocks are shared, not copied).
     pub bytes_copied: u64,
@@ -113,7 +115,8 @@ pub struct CloneReport {
     /// Bytes the target has allocated (`None` for a block device, or the sending side).
     pub target_allocated: Option<u64>,
     /// The sha256 of the logical content, when the strategy computed one. None does at
-    /// present: the stream checks a digest of its frames instead (hashing the zeros of holes
-    /// cost more than the transfer); `verify` compares sha256s without reporting them.
+    /// present: the stream checks an XXH3-128 of its frames instead (hashing the zeros of
+    /// holes, and sha256 itself, cost more than the transfer); `verify` compares sha256s
+    /// without reporting them.
     pub sha256: Option<String>,
 }

@@ -81,7 +81,7 @@ pub(crate) fn clone_with_hook(
             }
         };
         after(strategy, dst);
-        let mut verification = "stream-sha256";
+        let mut verification = "stream-xxh3";
         if check {
             verification = if opts.verify { "sha256" } else { "sampled" };
             if let Err(detail) = verify(&source, dst, target_size, opts.verify)? {
@@ -482,7 +482,7 @@ mod tests {
 
         assert_eq!(contents(&dst), contents(&src));
         assert!(allocated(&dst) <= MIB + 64 * 1024, "allocated {}", allocated(&dst));
-        assert_eq!(report.verification, "stream-sha256");
+        assert_eq!(report.verification, "stream-xxh3");
     }
 
     #[test]

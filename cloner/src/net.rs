@@ -6,7 +6,7 @@
 //! target → source:  token length u32 | token
 //! source → target:  status u8 (0 accepted, 1 refused) | header          (wire::Header)
 //! target → source:  go u8 (0 go, 1 too small) | target size u64
-//! source → target:  frames … END(sha256)                                 (wire::FrameHeader)
+//! source → target:  frames … END(xxh3-128)                               (wire::FrameHeader)
 //! target → source:  result u8 (0 written and flushed, 1 failed) | message length u16 | message
 //! ```
 //!
@@ -233,7 +233,7 @@ pub fn serve_once(listener: &TcpListener, src: &Path, opts: &ServeOptions) -> Re
         strategy: Strategy::Stream,
         method: if opts.tls.is_some() { "tls-stream" } else { "stream" },
         fallback_reason: None,
-        verification: "stream-sha256",
+        verification: "stream-xxh3",
         bytes_copied: sent.data_bytes,
         source_size: source.size,
         target_size: sent.target_size,
@@ -318,8 +318,8 @@ fn set_timeouts(socket: &TcpStream, idle: Duration) -> io::Result<()> {
 ///
 /// # Errors
 /// [`Error::Denied`] when the source refuses the token, [`Error::TargetTooSmall`] when `dst`
-/// cannot hold the source, [`Error::Checksum`] when the content does not match the source's
-/// sha256, [`Error::Protocol`] for a malformed stream, [`Error::Network`] when the connection
+/// cannot hold the source, [`Error::Checksum`] when the frames do not match the source's
+/// digest, [`Error::Protocol`] for a malformed stream, [`Error::Network`] when the connection
 /// fails or drops. On error `dst` may hold part of the clone: the caller deletes it.
 pub fn receive(endpoint: &Endpoint, dst: &Path, opts: &ReceiveOptions) -> Result<CloneReport> {
     let config = match (&opts.ca_cert, endpoint.tls) {
@@ -363,7 +363,7 @@ pub fn receive(endpoint: &Endpoint, dst: &Path, opts: &ReceiveOptions) -> Result
         strategy: Strategy::Stream,
         method: if endpoint.tls { "tls-stream" } else { "stream" },
         fallback_reason: None,
-        verification: "stream-sha256",
+        verification: "stream-xxh3",
         bytes_copied: received.data_bytes,
         source_size: received.header.size,
         target_size: received.target_size,

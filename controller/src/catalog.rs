@@ -15,6 +15,20 @@
 //! Conditions and reasons are CDI's: `UpToDate` (`NoDigest`, `Outdated`, `UpToDate`) and
 //! `Progressing` (`NoImport`, `ImportScheduled`, `ImportProgressing`, or the DataVolume's
 //! phase).
+//!
+//! Around the cycle, as CDI:
+//! - **One cron per DataSource**: a cron whose `managedDataSource` is labelled with another
+//!   existing cron that names it too does nothing (no poll, no import, no GC) and says why:
+//!   reason [`ERR_DATA_SOURCE_ALREADY_MANAGED`], message "DataSource X is already managed by
+//!   DataImportCron Y" (CDI's Warning event; here on the `UpToDate` and `Progressing`
+//!   conditions, as the embedded API has no Events).
+//! - **Retention** ([`cleanup_due`]): with `retentionPolicy: None` the imports and the managed
+//!   DataSource carry [`LABEL_CLEANUP`] and are deleted once their cron is gone; `RetainAll`
+//!   (the default) keeps them.
+//! - **Last use** ([`ANN_LAST_USE_TIME`]): set when an import is created, refreshed when the
+//!   DataSource is pointed at it again ([`CronStep::MarkUsed`]) and when a clone reads it
+//!   ([`clone_source`], [`refreshed_last_use`]), so that garbage collection keeps the imports
+//!   used most recently.
 
 use std::collections::BTreeMap;
 
@@ -39,6 +53,8 @@ pub const ANN_BIND_IMMEDIATE: &str = "cdi.kubevirt.io/storage.bind.immediate.req
 pub const LABEL_CRON: &str = "cdi.kubevirt.io/dataImportCron";
 /// With `retentionPolicy: None`: deleted together with the cron.
 pub const LABEL_CLEANUP: &str = "cdi.kubevirt.io/dataImportCron.cleanup";
+/// CDI's reason when a cron's `managedDataSource` is already another cron's.
+pub const ERR_DATA_SOURCE_ALREADY_MANAGED: &str = "ErrDataSourceAlreadyManaged";
 
 /// One DataVolume labelled with the cron, as observed.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +78,8 @@ pub struct CronObserved {
     pub imports: Vec<ImportObserved>,
     /// The managed DataSource, if it exists.
     pub data_source: Option<DataSource>,
+    /// The other DataImportCrons of the namespace whose `managedDataSource` is this one's.
+    pub other_crons: Vec<String>,
     /// The clock.
     pub now: Timestamp,
 }
@@ -76,6 +94,14 @@ pub enum CronStep {
     CreateDataVolume(Box<DataVolume>),
     /// Delete the cron's DataVolume of this name (and its volume).
     DeleteDataVolume(String),
+    /// Set [`ANN_LAST_USE_TIME`] of the cron's DataVolume `name` to `at` (it is the source
+    /// again).
+    MarkUsed {
+        /// The DataVolume.
+        name: String,
+        /// The use.
+        at: Timestamp,
+    },
     /// Create or replace the managed DataSource's spec and labels.
     ApplyDataSource(Box<DataSource>),
     /// Replace the cron's status (only when it differs).
@@ -113,6 +139,19 @@ pub fn plan_cron(observed: &CronObserved) -> Vec<CronStep> {
     let current = cron.status.clone().unwrap_or_default();
     let mut status = current.clone();
     let mut steps = Vec::new();
+
+    // 0. Another cron's DataSource: hands off (CDI's shouldReconcileCron).
+    if let Some(other) = managing_cron(observed) {
+        let message = format!("DataSource {ds_name} is already managed by DataImportCron {other}");
+        for type_ in ["UpToDate", "Progressing"] {
+            set(&mut status.conditions, type_, false, ERR_DATA_SOURCE_ALREADY_MANAGED, &message, now);
+        }
+        if status != current {
+            steps.push(CronStep::UpdateStatus(status));
+        }
+        steps.push(CronStep::AwaitChange);
+        return steps;
+    }
 
     // 1. Polling.
     let schedule =
@@ -161,13 +200,17 @@ pub fn plan_cron(observed: &CronObserved) -> Vec<CronStep> {
                     );
                 }
                 Some(DataVolumePhase::Succeeded) => {
+                    let desired_ds = managed_data_source(cron, observed.data_source.as_ref(), &name);
                     if points_at.as_deref() != Some(name.as_str()) {
-                        steps.push(CronStep::ApplyDataSource(Box::new(managed_data_source(
-                            cron,
-                            observed.data_source.as_ref(),
-                            &name,
-                        ))));
+                        // The DataSource is (re)pointed at it: a use, as CDI's updateSource.
+                        steps.push(CronStep::MarkUsed { name: name.clone(), at: now });
+                        steps.push(CronStep::ApplyDataSource(Box::new(desired_ds)));
                         status.last_import_timestamp = Some(now.to_rfc3339());
+                    } else if observed.data_source.as_ref().map(|ds| &ds.metadata.labels)
+                        != Some(&desired_ds.metadata.labels)
+                    {
+                        // Labels out of step (retentionPolicy changed): relabel only.
+                        steps.push(CronStep::ApplyDataSource(Box::new(desired_ds)));
                     }
                     status.current_imports =
                         vec![ImportStatus { data_volume_name: name.clone(), digest: digest.clone() }];
@@ -316,6 +359,11 @@ fn managed_data_source(cron: &DataImportCron, existing: Option<&DataSource>, pvc
         ..DataSource::default()
     });
     ds.metadata.labels.insert(LABEL_CRON.into(), cron.metadata.name().to_owned());
+    if cron.spec.retention_policy.as_deref() == Some("None") {
+        ds.metadata.labels.insert(LABEL_CLEANUP.into(), "true".into());
+    } else {
+        ds.metadata.labels.remove(LABEL_CLEANUP);
+    }
     ds.spec.source = DataSourceSource {
         pvc: Some(NamespacedName { namespace: cron.metadata.namespace().to_owned(), name: pvc.to_owned() }),
         ..DataSourceSource::default()
@@ -357,11 +405,54 @@ pub fn data_source_status(ds: &DataSource, observed: &SourceObserved, now: Times
     status
 }
 
-/// Labels a DataVolume keeps when it is used as a source again: a fresh [`ANN_LAST_USE_TIME`].
-pub fn touched(annotations: &BTreeMap<String, String>, now: Timestamp) -> BTreeMap<String, String> {
-    let mut out = annotations.clone();
-    out.insert(ANN_LAST_USE_TIME.into(), now.to_rfc3339());
-    out
+/// The other cron that manages this cron's DataSource, if any: the DataSource is labelled
+/// with a cron other than this one, and that cron exists and names the DataSource too.
+fn managing_cron(observed: &CronObserved) -> Option<&str> {
+    let label = observed.data_source.as_ref()?.metadata.labels.get(LABEL_CRON)?;
+    let other = observed.other_crons.iter().find(|c| *c == label)?;
+    (other != observed.cron.metadata.name()).then_some(other.as_str())
+}
+
+/// Whether an object (a cron's import DataVolume or managed DataSource) with `labels` goes
+/// now: it carries [`LABEL_CLEANUP`] `true` (its cron had `retentionPolicy: None`) and the
+/// cron named by [`LABEL_CRON`] is not among `crons` (the names of the crons of the object's
+/// namespace).
+pub fn cleanup_due(labels: &BTreeMap<String, String>, crons: &[&str]) -> bool {
+    let cleanup = labels.get(LABEL_CLEANUP).is_some_and(|v| v == "true");
+    match labels.get(LABEL_CRON) {
+        Some(cron) if cleanup && !cron.is_empty() => !crons.contains(&cron.as_str()),
+        _ => false,
+    }
+}
+
+/// The PVC (in embedded mode: the DataVolume's volume) a clone DataVolume reads:
+/// `spec.source.pvc`, or the PVC its `sourceRef` DataSource points at now (`data_source`
+/// looks one up by namespace and name). `None` for other DataVolumes.
+pub fn clone_source(
+    dv: &DataVolume,
+    data_source: impl Fn(&str, &str) -> Option<DataSource>,
+) -> Option<NamespacedName> {
+    let own = dv.metadata.namespace();
+    let in_ns = |pvc: NamespacedName, ns: &str| NamespacedName {
+        namespace: if pvc.namespace.is_empty() { ns.to_owned() } else { pvc.namespace },
+        name: pvc.name,
+    };
+    if let Some(pvc) = dv.spec.source.as_ref().and_then(|s| s.pvc.clone()) {
+        return Some(in_ns(pvc, own));
+    }
+    let source_ref = dv.spec.source_ref.as_ref().filter(|r| r.kind == "DataSource")?;
+    let ns = source_ref.namespace.as_deref().unwrap_or(own);
+    let pvc = data_source(ns, &source_ref.name)?.spec.source.pvc?;
+    Some(in_ns(pvc, ns))
+}
+
+/// The new [`ANN_LAST_USE_TIME`] of an import whose annotation is `current`, after a use at
+/// `used`: `Some` when the use is later (an unreadable or missing time counts as never).
+pub fn refreshed_last_use(current: Option<&str>, used: Timestamp) -> Option<String> {
+    match current.and_then(Timestamp::parse_rfc3339) {
+        Some(last) if last >= used => None,
+        _ => Some(used.to_rfc3339()),
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //!                                UploadScheduled ─► UploadReady      ─► Succeeded
 //!                                CloneScheduled  ─► CloneInProgress  ─► Succeeded
 //!   worker failed, retryable:  stay *InProgress, restartCount+1, retry after back-off
+//!                              (uploads: stay UploadReady, restartCount+1, new worker at once)
 //!   worker failed, terminal:   Failed (checksum, image too large, hostile image, HTTP 4xx…)
 //! ```
 //! Blank volumes run an import worker with no source (CDI does the same), so they go through
@@ -213,6 +214,16 @@ pub fn backoff(restarts: i32) -> Duration {
     BACKOFF_BASE.saturating_mul(1 << doublings).min(BACKOFF_CAP)
 }
 
+/// Retry delay of a `kind` worker after its `restarts`-th transient failure: [`backoff`],
+/// except for uploads, which take the client's next attempt at once (the failure was the
+/// client's transfer; CDI's upload server accepts a new upload right away too).
+pub fn retry_backoff(kind: WorkerKind, restarts: i32) -> Duration {
+    match kind {
+        WorkerKind::Upload => Duration::ZERO,
+        _ => backoff(restarts),
+    }
+}
+
 /// Plans the next steps for one DataVolume. See the module docs for the state machine.
 pub fn plan(observed: &Observed) -> Vec<Step> {
     let dv = &observed.dv;
@@ -359,19 +370,21 @@ impl Planner<'_> {
                 self.steps.push(Step::DeleteWorker);
                 self.steps.push(Step::AwaitChange);
             }
+            WorkerState::Failed { attempt, failure } if kind == WorkerKind::Upload => {
+                // The upload's client broke off (or sent a bad image): count and record it, and
+                // take the next upload at once, as CDI's upload server does. Waiting out a
+                // back-off would only answer the client's retry with 503.
+                if *attempt >= restarts {
+                    self.record_transient_failure(kind, failure);
+                }
+                self.status.phase = in_progress_phase(kind);
+                self.steps.push(Step::DeleteWorker);
+                self.steps.push(Step::StartWorker { kind, attempt: self.status.restart_count });
+                self.steps.push(Step::AwaitChange);
+            }
             WorkerState::Failed { attempt, failure } => {
                 if *attempt >= restarts {
-                    // Not counted yet: count it, record when it failed (the back-off clock).
-                    self.status.restart_count = restarts.saturating_add(1);
-                    self.status.phase = in_progress_phase(kind);
-                    self.condition(
-                        condition::RUNNING,
-                        ConditionStatus::False,
-                        Some(&failure.reason),
-                        Some(failure.message.clone()),
-                    );
-                    self.restart_backoff_clock();
-                    self.condition(condition::READY, ConditionStatus::False, None, None);
+                    self.record_transient_failure(kind, failure);
                 }
                 self.steps.push(Step::DeleteWorker);
                 self.steps.push(Step::RequeueAfter(self.retry_delay().unwrap_or(Duration::ZERO)));
@@ -379,7 +392,23 @@ impl Planner<'_> {
         }
     }
 
-    /// No worker: start one, unless a transient failure's back-off is still running.
+    /// Counts a transient failure not counted yet and records when it failed (the back-off
+    /// clock) and why.
+    fn record_transient_failure(&mut self, kind: WorkerKind, failure: &WorkerFailure) {
+        self.status.restart_count = self.status.restart_count.saturating_add(1);
+        self.status.phase = in_progress_phase(kind);
+        self.condition(
+            condition::RUNNING,
+            ConditionStatus::False,
+            Some(&failure.reason),
+            Some(failure.message.clone()),
+        );
+        self.restart_backoff_clock();
+        self.condition(condition::READY, ConditionStatus::False, None, None);
+    }
+
+    /// No worker: start one, unless a transient failure's back-off is still running (uploads
+    /// have none: see [`retry_backoff`]).
     fn start_or_wait(&mut self, kind: WorkerKind) {
         if let Some(wait) = self.retry_delay().filter(|wait| !wait.is_zero()) {
             self.steps.push(Step::RequeueAfter(wait));
@@ -412,8 +441,8 @@ impl Planner<'_> {
         else {
             return Some(Duration::ZERO); // unreadable time: retry now rather than never
         };
-        let retry_at =
-            failed_at.0.saturating_add(i64::try_from(backoff(restarts).as_secs()).unwrap_or(i64::MAX));
+        let wait = retry_backoff(worker_kind(&self.observed.dv), restarts);
+        let retry_at = failed_at.0.saturating_add(i64::try_from(wait.as_secs()).unwrap_or(i64::MAX));
         let left = retry_at.saturating_sub(self.observed.now.0);
         Some(Duration::from_secs(u64::try_from(left).unwrap_or(0)))
     }

@@ -13,9 +13,12 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use disk_formats::Error as FormatError;
+use disk_formats::Format;
+use disk_formats::convert::sniff;
 use tar::EntryType;
 
 use crate::error::{Error, Result};
+use crate::pipe::ChannelReader;
 
 /// Limits for an extraction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +84,40 @@ pub fn extract_archive_then(
             Err(e)
         }
     }
+}
+
+/// Extracts a tar, possibly wrapped in gzip, xz or zstd, arriving through `reader` (the
+/// bounded channel of a download or an upload) into `target`, as [`extract_archive_then`].
+/// After the archive's last entry the rest of the stream (tar padding, bytes after a
+/// compressed stream) is read up to the producer's end marker before the target is replaced:
+/// a stream that failed its checks (checksum, truncation) leaves the target untouched.
+///
+/// # Errors
+/// Not a tar ([`disk_formats::ErrorKind::InvalidImage`]), the stream's failure, and as
+/// [`extract_archive`].
+pub fn extract_from_channel(
+    reader: &ChannelReader,
+    target: &Path,
+    limits: &ArchiveLimits,
+) -> Result<ArchiveStats> {
+    let mut tail = reader.clone();
+    let sniffed = sniff(Box::new(reader.clone()))?;
+    if !is_tar(sniffed.format, &sniffed.head) {
+        let holds =
+            if sniffed.format.is_raw() { "no tar header".to_owned() } else { sniffed.format.to_string() };
+        return Err(invalid(format!(
+            "contentType archive needs a tar archive, but the source holds {holds}"
+        )));
+    }
+    extract_archive_then(sniffed.reader, target, limits, || {
+        tail.drain().map_err(|e| io_error("reading the end of the stream".into(), e))?;
+        Ok(())
+    })
+}
+
+/// A POSIX (ustar) or GNU tar header: `ustar` at byte 257.
+fn is_tar(format: Format, head: &[u8]) -> bool {
+    format.is_raw() && head.get(257..262) == Some(b"ustar".as_slice())
 }
 
 fn io_error(what: String, e: io::Error) -> Error {

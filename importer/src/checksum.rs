@@ -63,6 +63,27 @@ impl Checksum {
         Hasher::new(self.algorithm)
     }
 
+    /// The SHA-256 of the file at `path`, read once in 1 MiB pieces: what a client sends
+    /// along with an upload.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the file when it cannot be read.
+    pub fn of_file(path: &std::path::Path) -> Result<Self> {
+        use std::io::Read;
+        let unreadable = |e| Error::config_with(format!("reading {} for its checksum", path.display()), e);
+        let mut file = std::fs::File::open(path).map_err(unreadable)?;
+        let mut hasher = Hasher::new(Algorithm::Sha256);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => return Ok(Self { algorithm: Algorithm::Sha256, digest: hasher.finish() }),
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(unreadable(e)),
+            }
+        }
+    }
+
     /// Compares the finished `hasher` with the expected digest.
     ///
     /// # Errors
@@ -209,6 +230,21 @@ mod tests {
         assert_eq!(digest_of(Algorithm::Sha1, b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
         assert_eq!(digest_of(Algorithm::Md5, b"abc"), "900150983cd24fb0d6963f7d28e17f72");
         assert!(digest_of(Algorithm::Sha512, b"abc").starts_with("ddaf35a193617aba"));
+    }
+
+    #[test]
+    fn of_file_is_the_sha256_of_its_bytes_and_names_a_missing_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("abc");
+        std::fs::write(&path, b"abc").expect("write");
+        let sum = Checksum::of_file(&path).expect("readable");
+        assert_eq!(
+            sum.to_string(),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+
+        let err = Checksum::of_file(&dir.path().join("missing")).expect_err("missing");
+        assert!(err.to_string().contains("missing for its checksum"), "{err}");
     }
 
     #[test]

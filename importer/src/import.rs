@@ -21,7 +21,7 @@ use reqwest::Url;
 use storage::{CreateOptions, Volume};
 use tokio::sync::mpsc;
 
-use crate::archive::{ArchiveLimits, ArchiveStats, extract_archive_then};
+use crate::archive::{ArchiveLimits, ArchiveStats};
 use crate::checksum::Checksum;
 use crate::error::{Error, Result};
 use crate::http::range::HttpReadAt;
@@ -211,24 +211,8 @@ pub async fn import_archive(
         tokio::spawn(stream::produce(body, head, opts.checksum.clone(), tx, Arc::clone(&opts.progress)));
     let target = target.to_path_buf();
     let limits = *limits;
-    let extracted = tokio::task::spawn_blocking(move || -> Result<ArchiveStats> {
-        let mut reader = ChannelReader::new(rx);
-        let sniffed = sniff(Box::new(reader.clone()))?;
-        if !is_tar(sniffed.format, &sniffed.head) {
-            return Err(Error::Format(disk_formats::Error::invalid(format!(
-                "contentType archive needs a tar archive, but the source holds {}",
-                if sniffed.format.is_raw() {
-                    "no tar header".to_string()
-                } else {
-                    sniffed.format.to_string()
-                }
-            ))));
-        }
-        extract_archive_then(sniffed.reader, &target, &limits, || {
-            // The rest (tar padding) is hashed too; the end arrives only if the checksum matched.
-            reader.drain().map_err(|e| disk_formats::Error::io("reading the end of the download", e))?;
-            Ok(())
-        })
+    let extracted = tokio::task::spawn_blocking(move || {
+        crate::archive::extract_from_channel(&ChannelReader::new(rx), &target, &limits)
     })
     .await
     .map_err(|e| Error::config_with("the extraction thread failed", e))?;
@@ -241,11 +225,6 @@ pub async fn import_archive(
             Err(Error::config("the extraction finished before the download did (internal error)"))
         }
     }
-}
-
-/// A POSIX (ustar) or GNU tar header: `ustar` at byte 257.
-fn is_tar(format: Format, head: &[u8]) -> bool {
-    format.is_raw() && head.get(257..262) == Some(b"ustar".as_slice())
 }
 
 /// Fails before downloading when the announced size already exceeds the limit: a raw object's

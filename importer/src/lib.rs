@@ -9,6 +9,8 @@
 //!   [`Checksum`], limits, target creation, scratch directory, and the shared [`Progress`].
 //! - [`import`] / [`import_blocking`]: one entry point; returns [`ImportStats`] saying which
 //!   [`Method`] was used.
+//! - [`pipe::ChannelReader`]: the blocking end of the bounded channel between a network task
+//!   and the converter (also used by the `uploader` crate).
 //! - [`Error`]: one enum; [`Error::kind`] maps it to `disk_formats::ErrorKind` for exit codes
 //!   and conditions, [`Error::is_retryable`] says whether a later attempt may help.
 //!
@@ -36,6 +38,7 @@ mod checksum;
 mod error;
 mod http;
 mod import;
+pub mod pipe;
 mod progress;
 pub mod registry;
 mod retry;

@@ -3,7 +3,9 @@
 pub mod apply;
 pub mod client;
 pub mod clone;
+pub mod controller;
 pub mod convert;
+pub mod crds;
 pub mod delete;
 pub mod get;
 pub mod import;

@@ -11,14 +11,20 @@
 //! - Zero runs ([`WriteAt::write_zeroes`](disk_formats::WriteAt::write_zeroes)) become holes in
 //!   files and write-zeroes on devices (unmapping where the device can), so volumes stay thin
 //!   and still read back zeros.
+//! - Large writes whose buffer and offset are 4 KiB-aligned alike go through a second
+//!   `O_DIRECT` descriptor (from the caller's buffer to the device, no page-cache copy); the
+//!   unaligned edges, small writes, and file systems without direct I/O use the page cache.
 //! - [`WriteAt::copy_from_file`](disk_formats::WriteAt::copy_from_file) copies in the kernel
 //!   (`copy_file_range`), and tells the caller to copy by hand where it cannot.
 //! - For the cloner: [`reflink`] (`FICLONE`), [`next_data`] (`SEEK_DATA`/`SEEK_HOLE`),
 //!   [`is_block_device`], and [`is_unsupported`] to tell "cannot here, fall back" errors apart.
+//! - Loop devices (block devices over files, for `volumeMode: Block` in embedded mode):
+//!   [`loop_attach`], [`loop_find`] (by backing file), [`loop_detach`], [`loop_available`].
 //! - [`Error`], with a [`kind`](Error::kind) that maps onto [`disk_formats::ErrorKind`].
 //!
-//! Every system call goes through `sys/` (Linux only). It uses rustix's safe wrappers, so the
-//! crate has no `unsafe` code.
+//! Every system call goes through `sys/` (Linux only). It uses rustix's safe wrappers; the few
+//! calls rustix lacks (`sync_file_range`, `mallopt`, the loop-device ioctls) are the crate's
+//! only `unsafe` code, in `sys/`, each with a `// SAFETY:` comment.
 //!
 //! ## Caveats
 //! - Writes past [`WriteAt::capacity`](disk_formats::WriteAt::capacity) fail ("write past the
@@ -33,4 +39,5 @@ mod volume;
 
 pub use error::{Error, Result};
 pub use sys::{bound_allocator_retention, is_block_device, is_unsupported, next_data, reflink};
+pub use sys::{loop_attach, loop_available, loop_detach, loop_find};
 pub use volume::{CreateOptions, Preallocation, Volume};

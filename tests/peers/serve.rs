@@ -135,6 +135,32 @@ impl Drop for Serve {
     }
 }
 
+/// Detaches, on drop, every loop device over a Block volume's backing file
+/// (`volumes/<ns>/<name>/block.img`) under a data dir, so tests that create Block DataVolumes
+/// leave no device attached, even when they fail. Declare it before the [`Serve`] it guards, so
+/// the server is gone first.
+pub struct DetachLoopsOnDrop(pub PathBuf);
+
+impl Drop for DetachLoopsOnDrop {
+    fn drop(&mut self) {
+        let Ok(namespaces) = std::fs::read_dir(self.0.join("volumes")) else { return };
+        for volume in
+            namespaces.flatten().filter_map(|ns| std::fs::read_dir(ns.path()).ok()).flatten().flatten()
+        {
+            let backing = volume.path().join("block.img");
+            if !backing.exists() {
+                continue;
+            }
+            let Ok(out) = Command::new("losetup").arg("-j").arg(&backing).output() else { continue };
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some((device, _)) = line.split_once(':') {
+                    let _ = Command::new("losetup").arg("-d").arg(device).status();
+                }
+            }
+        }
+    }
+}
+
 /// One plain HTTP/1.1 request; returns status and body (status 0 when nothing answers).
 pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };

@@ -20,11 +20,28 @@ use tokio::sync::watch;
 use crate::error::Error;
 use crate::token::{Claims, TokenError};
 
+/// What a volume takes (CDI's `contentType`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Content {
+    /// A disk image (raw, qcow2, …, optionally compressed), converted to raw into the volume
+    /// (`contentType: kubevirt`).
+    #[default]
+    Disk,
+    /// A tar archive (optionally gzip/xz/zstd), extracted into the volume's directory
+    /// (`contentType: archive`): entries leaving it, device nodes and content beyond the
+    /// volume's size are refused, and the directory appears only once the whole archive was
+    /// extracted (see `importer::archive`).
+    Archive,
+}
+
 /// Where one upload is written.
 #[derive(Debug, Clone)]
 pub struct UploadTarget {
     /// The volume: a block device (written in place) or a file, written under a temporary
-    /// name beside it and renamed over it once complete, flushed and verified.
+    /// name beside it and renamed over it once complete, flushed and verified. For
+    /// [`Content::Archive`], the directory the archive is extracted into: absent or empty
+    /// (it is created, under a temporary name first, and put in place once complete).
     pub path: PathBuf,
     /// The volume's size: images whose virtual size (or raw stream) exceeds it are refused
     /// with 400. For a block device its own size also applies.
@@ -48,6 +65,9 @@ pub struct UploadStats {
     pub data_bytes: u64,
     /// Body bytes received.
     pub received: u64,
+    /// For [`Content::Archive`]: what was extracted (`virtual_size` and `data_bytes` are then
+    /// the bytes of file content, `format` is `Raw` and `wrappers` is empty).
+    pub archive: Option<importer::ArchiveStats>,
 }
 
 /// Why a backend does not start an upload, with the message the client sees.
@@ -78,6 +98,15 @@ pub trait UploadBackend: Send + Sync + 'static {
     /// # Errors
     /// A [`Refusal`], mapped to CDI's status codes.
     fn begin(&self, claims: &Claims) -> Result<UploadTarget, Refusal>;
+
+    /// What the volume named by `claims` takes: a disk image (the default) or an archive.
+    /// Asked before [`begin`](UploadBackend::begin): `/upload-archive` to a disk volume is a
+    /// bad request, and every upload route of an archive volume extracts an archive (CDI's
+    /// upload proxy sends them all to the archive route).
+    fn content(&self, claims: &Claims) -> Content {
+        let _ = claims;
+        Content::Disk
+    }
 
     /// Body bytes received so far for the running upload (called as pieces arrive), and the
     /// body's announced length (`Content-Length`; for a form it includes the envelope).
@@ -111,6 +140,7 @@ pub struct SingleVolumeBackend {
     namespace: String,
     name: String,
     target: UploadTarget,
+    content: Content,
     state: Mutex<VolumeState>,
     received: AtomicU64,
     changes: watch::Sender<VolumeState>,
@@ -123,10 +153,19 @@ impl SingleVolumeBackend {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             target,
+            content: Content::Disk,
             state: Mutex::new(VolumeState::Ready),
             received: AtomicU64::new(0),
             changes: watch::Sender::new(VolumeState::Ready),
         }
+    }
+
+    /// The same backend taking `content` (an archive extracted into the directory
+    /// `target.path`, for `contentType: archive`).
+    #[must_use]
+    pub fn with_content(mut self, content: Content) -> Self {
+        self.content = content;
+        self
     }
 
     /// The current state.
@@ -180,6 +219,10 @@ impl UploadBackend for SingleVolumeBackend {
         }
     }
 
+    fn content(&self, _claims: &Claims) -> Content {
+        self.content
+    }
+
     fn progress(&self, _claims: &Claims, received: u64, _expected: Option<u64>) {
         self.received.store(received, Ordering::Relaxed);
     }
@@ -228,6 +271,7 @@ mod tests {
             virtual_size: 512,
             data_bytes: 512,
             received: 512,
+            archive: None,
         };
         b.finish(&claims("disk"), &Ok(stats));
         assert!(matches!(b.begin(&claims("disk")), Err(Refusal::AlreadyDone(_))));

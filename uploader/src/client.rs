@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 
 use crate::error::{Error, Result};
-use crate::pipe::Checksum;
+use importer::Checksum;
 
 /// Bytes read from the file per body chunk.
 const READ_CHUNK_BYTES: usize = 256 << 10;

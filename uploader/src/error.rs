@@ -43,6 +43,10 @@ pub enum Error {
     /// The volume could not be created or flushed.
     #[error(transparent)]
     Storage(#[from] storage::Error),
+    /// An archive upload could not be extracted: not a tar, an entry leaving the target,
+    /// content beyond the volume's size, or a write failure.
+    #[error(transparent)]
+    Archive(#[from] importer::Error),
     /// The client side: the server answered with an error status.
     #[error("the upload server answered {status}: {message}")]
     Status {
@@ -74,6 +78,7 @@ impl Error {
         match self {
             Error::Format(e) => e.kind(),
             Error::Storage(e) => e.kind(),
+            Error::Archive(e) => e.kind(),
             Error::Checksum { .. } => ErrorKind::Checksum,
             Error::Token(_) => ErrorKind::Denied,
             Error::Status { status, .. } if *status == 401 => ErrorKind::Denied,
@@ -96,8 +101,11 @@ impl Error {
             Error::Refused(Refusal::Unauthorized(_)) => StatusCode::UNAUTHORIZED,
             Error::Format(e) if e.kind() != ErrorKind::Io => StatusCode::BAD_REQUEST,
             Error::Storage(e) if e.kind() == ErrorKind::TooLarge => StatusCode::BAD_REQUEST,
+            Error::Archive(e) if e.kind() != ErrorKind::Io => StatusCode::BAD_REQUEST,
             // No room left on the volume's filesystem: CDI answers 400 too.
-            Error::Format(_) | Error::Storage(_) if out_of_space(self) => StatusCode::BAD_REQUEST,
+            Error::Format(_) | Error::Storage(_) | Error::Archive(_) if out_of_space(self) => {
+                StatusCode::BAD_REQUEST
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -212,5 +220,9 @@ mod tests {
         assert_eq!(Error::Format(full).status(), StatusCode::BAD_REQUEST);
         let sum = Error::Checksum { expected: "a".into(), actual: "b".into() };
         assert_eq!(sum.status(), StatusCode::BAD_REQUEST);
+        let escaping = disk_formats::Error::denied("archive entry \"../x\" leaves the target directory");
+        assert_eq!(Error::Archive(importer::Error::Format(escaping)).status(), StatusCode::BAD_REQUEST);
+        let io = disk_formats::Error::io("writing", std::io::Error::other("disk on fire"));
+        assert_eq!(Error::Archive(importer::Error::Format(io)).status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -1,10 +1,12 @@
-//! One upload: body → channel → sniff → convert into the volume → flush → rename into place.
+//! One upload: body → channel → sniff → convert into the volume → flush → rename into place
+//! (or, for an archive volume: body → channel → unwrap → extract into the directory).
 //!
 //! The network half ([`crate::pipe::produce`]) runs on the async runtime; the converter runs on
 //! a blocking thread and uses the shared data path of `disk-formats`: compression wrappers are
 //! removed as a stream, raw content streams straight into the volume (zero runs become holes),
 //! a qcow2 is unpacked into a bounded scratch file (its header is checked first, so a hostile
-//! image is refused before it is stored) and converted from there.
+//! image is refused before it is stored) and converted from there; an uncompressed qcow2 body
+//! goes to the scratch file piece by piece ([`crate::scratch`]).
 //!
 //! The job runs in its own task: a client that goes away cannot cancel it half way, and the
 //! backend always hears how it ended. On any failure the partial output is deleted.
@@ -13,14 +15,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use disk_formats::convert::{ConvertOptions, ScratchOptions, convert_sniffed, sniff};
+use disk_formats::convert::{ConvertOptions, ScratchOptions, convert_image, convert_sniffed, sniff};
 use disk_formats::{ErrorKind, Format, OpenOptions, open_as};
 use storage::Volume;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backend::{UploadBackend, UploadStats, UploadTarget};
+use importer::ArchiveLimits;
+
+use crate::backend::{Content, UploadBackend, UploadStats, UploadTarget};
 use crate::error::{Error, ErrorReply, Result};
 use crate::pipe::{self, CHANNEL_PIECES, ChannelReader, Chunks, Outcome, Produce};
+use crate::scratch;
 use crate::token::Claims;
 
 /// When the client gets its answer.
@@ -62,11 +67,13 @@ impl Drop for Lease {
 /// Settings of the job.
 pub(crate) struct JobOptions {
     pub(crate) target: UploadTarget,
-    pub(crate) checksum: Option<pipe::Checksum>,
+    pub(crate) checksum: Option<importer::Checksum>,
     pub(crate) mode: Mode,
     pub(crate) idle_timeout: Duration,
     /// The request's `Content-Length`, for progress.
     pub(crate) content_length: Option<u64>,
+    /// A disk image or an archive.
+    pub(crate) content: Content,
 }
 
 /// Runs the upload of `body`; `reply` gets the answer for the client (when depends on the
@@ -80,7 +87,8 @@ pub(crate) async fn run<C: Chunks>(
     let (tx, rx) = mpsc::channel(CHANNEL_PIECES);
     let reader = ChannelReader::new(rx);
     let target = opts.target.clone();
-    let converter = tokio::task::spawn_blocking(move || write_volume(reader, &target));
+    let content = opts.content;
+    let converter = tokio::task::spawn_blocking(move || write_target(reader, &target, content));
 
     let backend = Arc::clone(&lease.backend);
     let claims = lease.claims.clone();
@@ -122,9 +130,13 @@ pub(crate) async fn run<C: Chunks>(
     result.map_err(drop)
 }
 
-/// The blocking half: writes the stream into the volume and puts it in place.
-fn write_volume(mut reader: ChannelReader, target: &UploadTarget) -> Result<UploadStats> {
-    let result = write_volume_inner(&mut reader, target);
+/// The blocking half: writes the stream into the volume (or extracts it into the directory)
+/// and puts it in place.
+fn write_target(mut reader: ChannelReader, target: &UploadTarget, content: Content) -> Result<UploadStats> {
+    let result = match content {
+        Content::Disk => write_volume(&mut reader, target),
+        Content::Archive => write_archive(&reader, target),
+    };
     if result.is_err() {
         // Let the producer see that nobody reads any more (it then drains and answers).
         reader.close();
@@ -132,7 +144,21 @@ fn write_volume(mut reader: ChannelReader, target: &UploadTarget) -> Result<Uplo
     result
 }
 
-fn write_volume_inner(reader: &mut ChannelReader, target: &UploadTarget) -> Result<UploadStats> {
+/// Extracts the archive into the target directory, at most the volume's size of content.
+fn write_archive(reader: &ChannelReader, target: &UploadTarget) -> Result<UploadStats> {
+    let limits = ArchiveLimits { max_bytes: target.max_size, ..ArchiveLimits::default() };
+    let stats = importer::archive::extract_from_channel(reader, &target.path, &limits)?;
+    Ok(UploadStats {
+        format: Format::Raw,
+        wrappers: Vec::new(),
+        virtual_size: stats.bytes,
+        data_bytes: stats.bytes,
+        received: 0,
+        archive: Some(stats),
+    })
+}
+
+fn write_volume(reader: &mut ChannelReader, target: &UploadTarget) -> Result<UploadStats> {
     let out = Output::prepare(&target.path)?;
     let sniffed = sniff(Box::new(reader.clone()))?;
     let (format, wrappers) = (sniffed.format, sniffed.wrappers.clone());
@@ -145,8 +171,18 @@ fn write_volume_inner(reader: &mut ChannelReader, target: &UploadTarget) -> Resu
         precheck_qcow2_header(&sniffed.head, &open)?;
     }
     let volume = Volume::create(&out.write_path, None, target.max_size, &target.create)?;
-    let scratch = ScratchOptions { dir: &target.scratch_dir };
-    let stats = convert_sniffed(sniffed, &volume, &scratch, &open, &ConvertOptions::default())?;
+    let stats = if format == Format::Qcow2 && wrappers.is_empty() {
+        // The sniffer read exactly the head from `reader` (no wrapper buffers anything): the
+        // pieces that follow go straight to the scratch file.
+        let head = sniffed.head;
+        let bound = scratch::bound(&head, &open);
+        let file = scratch::write(&head, reader, &target.scratch_dir, bound)?;
+        let image = open_as(Arc::new(file), Format::Qcow2, &open)?;
+        convert_image(&*image, &volume, &ConvertOptions::default())?
+    } else {
+        let scratch = ScratchOptions { dir: &target.scratch_dir };
+        convert_sniffed(sniffed, &volume, &scratch, &open, &ConvertOptions::default())?
+    };
     // What the converter left (bytes after a compressed stream's end) and the end marker,
     // which the producer sends only after the whole body arrived and the checksum matched.
     reader.drain().map_err(|e| disk_formats::Error::io("reading the end of the upload", e))?;
@@ -161,6 +197,7 @@ fn write_volume_inner(reader: &mut ChannelReader, target: &UploadTarget) -> Resu
         virtual_size: stats.virtual_size,
         data_bytes: stats.data_bytes,
         received: 0,
+        archive: None,
     })
 }
 

@@ -22,11 +22,17 @@
 //! `disk-formats`: gzip/xz/zstd are removed as a stream, raw content is written straight into
 //! the volume with zero runs left as holes, a qcow2 is unpacked to a scratch file bounded by
 //! its header (after its header was checked, so backing files are refused before anything is
-//! stored) and converted from there. A file volume is written under a temporary name and
-//! renamed into place only after it was flushed and every check passed (checksum included).
+//! stored; an uncompressed one is written there piece by piece as it arrives, one write per
+//! run of non-zero blocks) and converted from there. An archive volume's body is unwrapped and
+//! extracted by `importer::archive` into a staging directory, renamed into place at the end.
+//! A file volume is written under a temporary name and renamed into place only after it was
+//! flushed and every check passed (checksum included).
 //!
 //! ## Caveats
-//! - Archive uploads (`/upload-archive`) are refused with 400.
+//! - Archive volumes ([`backend::Content::Archive`]) are extracted with `importer::archive`
+//!   (this crate depends on `importer` for it and for the shared channel reader
+//!   `importer::pipe`); an archive is refused as a whole (400, nothing kept) at its first bad
+//!   entry.
 //! - The volume holds the image's virtual size; it is not grown to the volume size as CDI does.
 //! - Without TLS the listener speaks plain HTTP; tokens then travel in clear text.
 //! - No client certificates: CDI's per-PVC upload server only accepts its upload proxy (mTLS);
@@ -39,10 +45,11 @@ pub mod client;
 mod error;
 mod job;
 mod pipe;
+mod scratch;
 pub mod server;
 pub mod tls;
 pub mod token;
 
 pub use error::{Error, ErrorReply, Result};
+pub use importer::Checksum;
 pub use job::Mode;
-pub use pipe::Checksum;

@@ -6,13 +6,16 @@
 //! | `POST`/`PUT /v1beta1/upload-async` | raw bytes | 200 once the body arrived (and its checksum matched); processing goes on. `HEAD` → 200 (virtctl's probe) |
 //! | `POST`/`PUT /v1beta1/upload-form` | multipart, part `file` | as `/upload` |
 //! | `POST`/`PUT /v1beta1/upload-form-async` | multipart, part `file` | as `/upload-async` |
-//! | `/v1beta1/upload-archive` | tar | 400 "archive uploads are not supported" |
+//! | `POST`/`PUT /v1beta1/upload-archive` | tar, optionally gzip/xz/zstd | as `/upload`, for archive volumes ([`Content::Archive`]): extracted into the volume's directory; 400 for a disk volume |
 //! | `GET /v1beta1/ca.crt` | – | the PEM CA bundle clients should trust (404 without TLS) |
 //! | `GET /healthz` | – | `OK` |
 //!
-//! Every upload needs `Authorization: Bearer <token>`. Optional end-to-end checksum (our
-//! extension): header `X-Checksum: sha256:HEX` or query `?checksum=sha256:HEX` over the body as
-//! sent; on mismatch nothing is kept and the answer is 400. Other methods get 404, as in CDI.
+//! An archive volume extracts what any upload route sends (CDI's upload proxy routes every
+//! upload to such a volume to `/upload-archive`). Every upload needs
+//! `Authorization: Bearer <token>`. Optional end-to-end checksum (our
+//! extension): header `X-Checksum: sha256:HEX` or query `?checksum=sha256:HEX` (sha512, sha1
+//! and md5 too, as in CDI's `checksum` field) over the body as sent; on mismatch nothing is
+//! kept and the answer is 400. Other methods get 404, as in CDI.
 //! Errors are plain text on one line, with CDI's status codes (see [`Error::status`]).
 
 use std::sync::Arc;
@@ -24,12 +27,13 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use importer::Checksum;
 use tokio::sync::oneshot;
 
-use crate::backend::UploadBackend;
+use crate::backend::{Content, UploadBackend};
 use crate::error::{Error, ErrorReply};
 use crate::job::{self, JobOptions, Lease, Mode};
-use crate::pipe::{self, Checksum};
+use crate::pipe;
 use crate::token::{TokenKey, bearer, unix_now};
 
 /// A body that sends nothing for this long is treated as dropped (CDI has no such limit; a
@@ -63,6 +67,8 @@ impl std::fmt::Debug for ServerConfig {
 struct RouteKind {
     mode: Mode,
     form: bool,
+    /// `/upload-archive`: only for archive volumes.
+    archive: bool,
 }
 
 /// The upload routes (mount them into a larger router with `Router::merge`).
@@ -70,11 +76,13 @@ pub fn router(config: ServerConfig) -> Router {
     let state = Arc::new(config);
     let mut app = Router::new();
     for version in ["v1beta1", "v1alpha1"] {
+        let route = |mode, form, archive| RouteKind { mode, form, archive };
         let routes = [
-            ("upload", RouteKind { mode: Mode::Sync, form: false }),
-            ("upload-async", RouteKind { mode: Mode::Async, form: false }),
-            ("upload-form", RouteKind { mode: Mode::Sync, form: true }),
-            ("upload-form-async", RouteKind { mode: Mode::Async, form: true }),
+            ("upload", route(Mode::Sync, false, false)),
+            ("upload-async", route(Mode::Async, false, false)),
+            ("upload-form", route(Mode::Sync, true, false)),
+            ("upload-form-async", route(Mode::Async, true, false)),
+            ("upload-archive", route(Mode::Sync, false, true)),
         ];
         for (name, kind) in routes {
             app = app.route(
@@ -82,20 +90,12 @@ pub fn router(config: ServerConfig) -> Router {
                 any(move |state: State<Arc<ServerConfig>>, request: Request| upload(state, kind, request)),
             );
         }
-        app = app.route(&format!("/{version}/upload-archive"), any(archive));
     }
     app.route("/v1beta1/ca.crt", get(ca_certificate))
         .route("/healthz", get(|| async { "OK" }))
         // Uploads are disk images: no body limit (the volume's size is the limit).
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
-}
-
-async fn archive(method: Method) -> Response {
-    if method != Method::POST && method != Method::PUT {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    Error::BadRequest("archive uploads are not supported".into()).into_response()
 }
 
 async fn ca_certificate(State(state): State<Arc<ServerConfig>>) -> Response {
@@ -166,6 +166,13 @@ fn admit(
     let auth = request.headers().get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
     let claims = state.key.decode(bearer(auth)?, unix_now())?;
     let checksum = checksum_of(request)?;
+    let content = state.backend.content(&claims);
+    if kind.archive && content != Content::Archive {
+        return Err(Error::BadRequest(format!(
+            "{}/{} takes a disk image (contentType: kubevirt), not an archive: upload it to /v1beta1/upload",
+            claims.namespace, claims.name
+        )));
+    }
     let target = state.backend.begin(&claims)?;
     let lease = Lease::new(Arc::clone(&state.backend), claims);
     let content_length = request
@@ -173,8 +180,14 @@ fn admit(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let opts =
-        JobOptions { target, checksum, mode: kind.mode, idle_timeout: state.idle_timeout, content_length };
+    let opts = JobOptions {
+        target,
+        checksum,
+        mode: kind.mode,
+        idle_timeout: state.idle_timeout,
+        content_length,
+        content,
+    };
     Ok((lease, opts))
 }
 
@@ -197,16 +210,20 @@ async fn refuse(e: Error, request: Request) -> Response {
 fn checksum_of(request: &Request) -> Result<Option<Checksum>, Error> {
     if let Some(value) = request.headers().get("x-checksum") {
         let text = value.to_str().map_err(|_| Error::BadRequest("X-Checksum is not ASCII".into()))?;
-        return text.parse().map(Some);
+        return parse_checksum(text.trim()).map(Some);
     }
     let query = request.uri().query().unwrap_or("");
     for pair in query.split('&') {
         if let Some(value) = pair.strip_prefix("checksum=") {
             // `:` may arrive percent-encoded.
-            return value.replace("%3A", ":").replace("%3a", ":").parse().map(Some);
+            return parse_checksum(&value.replace("%3A", ":").replace("%3a", ":")).map(Some);
         }
     }
     Ok(None)
+}
+
+fn parse_checksum(text: &str) -> Result<Checksum, Error> {
+    text.parse().map_err(|e: importer::Error| Error::BadRequest(e.to_string()))
 }
 
 /// Serves `app` on `addr` (TLS when `tls` is given) until `shutdown` resolves. `on_ready` gets

@@ -7,7 +7,7 @@ use super::datavolume::DataVolumeTemplate;
 use super::meta::{Condition, Extra, NamespacedName, ObjectMeta, null_as_default};
 
 /// A DataSource object.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataSource {
     #[serde(default)]
@@ -23,7 +23,7 @@ pub struct DataSource {
 }
 
 /// `DataSource.spec`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataSourceSpec {
     #[serde(default)]
@@ -33,7 +33,7 @@ pub struct DataSourceSpec {
 }
 
 /// Exactly one of a PVC, a VolumeSnapshot or another DataSource (chains of depth 1).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataSourceSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,7 +47,7 @@ pub struct DataSourceSource {
 }
 
 /// `DataSource.status`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataSourceStatus {
     /// The resolved PVC or snapshot (for DataSource → DataSource chains).
@@ -60,7 +60,7 @@ pub struct DataSourceStatus {
 }
 
 /// A DataImportCron object.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataImportCron {
     #[serde(default)]
@@ -76,7 +76,7 @@ pub struct DataImportCron {
 }
 
 /// `DataImportCron.spec`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataImportCronSpec {
     /// The DataVolume to create per import; source `registry` or `pvc`.
@@ -104,7 +104,7 @@ pub struct DataImportCronSpec {
 }
 
 /// `DataImportCron.status`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataImportCronStatus {
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
@@ -127,7 +127,7 @@ pub struct DataImportCronStatus {
 }
 
 /// One import in flight (CDI spells these two fields with capitals).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ImportStatus {
     #[serde(rename = "DataVolumeName", default)]
     pub data_volume_name: String,

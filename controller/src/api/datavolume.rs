@@ -15,7 +15,7 @@ use crate::quantity::Quantity;
 pub const API_VERSION: &str = "cdi.kubevirt.io/v1beta1";
 
 /// A DataVolume object.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolume {
     #[serde(default)]
@@ -32,7 +32,7 @@ pub struct DataVolume {
 
 /// `metadata` + `spec` of a DataVolume embedded in another object (a VirtualMachine's
 /// `dataVolumeTemplates[]`, a DataImportCron's `template`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolumeTemplate {
     #[serde(default)]
@@ -42,7 +42,7 @@ pub struct DataVolumeTemplate {
 }
 
 /// `DataVolume.spec`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolumeSpec {
     #[serde(default, deserialize_with = "null_as_some_default", skip_serializing_if = "Option::is_none")]
@@ -112,7 +112,7 @@ impl DataVolumeSpec {
 }
 
 /// `spec.source`: exactly one field is set on a valid DataVolume.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolumeSource {
     #[serde(default, deserialize_with = "null_as_some_default", skip_serializing_if = "Option::is_none")]
@@ -219,7 +219,7 @@ impl DataVolumeSource {
 }
 
 /// `spec.source.http`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpSource {
     #[serde(default)]
@@ -246,7 +246,7 @@ pub struct HttpSource {
 }
 
 /// `spec.source.s3` (parsed; diskplane does not import from S3 yet).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct S3Source {
     #[serde(default)]
@@ -260,7 +260,7 @@ pub struct S3Source {
 }
 
 /// `spec.source.gcs` (parsed; diskplane does not import from GCS yet).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GcsSource {
     #[serde(default)]
@@ -272,7 +272,7 @@ pub struct GcsSource {
 }
 
 /// `spec.source.registry`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrySource {
     /// `docker://[host/]repo[:tag|@digest]` or `oci-archive:/path`.
@@ -295,7 +295,7 @@ pub struct RegistrySource {
 }
 
 /// `spec.source.registry.platform`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PlatformOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -305,14 +305,14 @@ pub struct PlatformOptions {
 }
 
 /// `upload: {}` and `blank: {}`: no fields of their own.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EmptySource {
     #[serde(flatten)]
     pub extra: Extra,
 }
 
 /// `spec.source.imageio` (oVirt/RHV; parsed, out of scope for diskplane).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageioSource {
     #[serde(default)]
@@ -330,7 +330,7 @@ pub struct ImageioSource {
 }
 
 /// `spec.source.vddk` (VMware; parsed, out of scope for diskplane).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VddkSource {
     #[serde(default)]
@@ -354,7 +354,7 @@ pub struct VddkSource {
 }
 
 /// `spec.sourceRef`: an indirect source (only `kind: DataSource`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolumeSourceRef {
     #[serde(default)]
@@ -367,7 +367,7 @@ pub struct DataVolumeSourceRef {
 }
 
 /// One stage of a multi-stage (warm) import.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolumeCheckpoint {
     #[serde(default)]
@@ -378,7 +378,7 @@ pub struct DataVolumeCheckpoint {
 
 /// The claim part of a DataVolume: `spec.pvc` (core `PersistentVolumeClaimSpec` subset) and
 /// `spec.storage` (CDI's `StorageSpec`) share these fields; unknown ones are kept in `extra`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimSpec {
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
@@ -410,7 +410,7 @@ pub type PersistentVolumeClaimSpec = ClaimSpec;
 pub type StorageSpec = ClaimSpec;
 
 /// `resources` of a claim: only `requests.storage` matters to diskplane.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceRequirements {
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
@@ -422,13 +422,15 @@ pub struct ResourceRequirements {
 }
 
 /// `DataVolume.status`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolumeStatus {
     /// Name of the volume (PVC) holding the data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim_name: Option<String>,
+    /// The phase, as CDI spells it (a plain string in the CRD, so newer phases still validate).
     #[serde(default, skip_serializing_if = "DataVolumePhase::is_unset")]
+    #[schemars(with = "String")]
     pub phase: DataVolumePhase,
     /// `"NN.NN%"` or `"N/A"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -450,7 +452,7 @@ impl DataVolumeStatus {
 }
 
 /// Every phase CDI's `DataVolumePhase` knows. Unknown strings read as [`DataVolumePhase::Unknown`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[non_exhaustive]
 pub enum DataVolumePhase {
     /// `""`: not reconciled yet.

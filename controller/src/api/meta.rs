@@ -9,7 +9,7 @@ pub type Extra = BTreeMap<String, serde_json::Value>;
 
 /// The subset of `metav1.ObjectMeta` diskplane uses; everything else (ownerReferences,
 /// finalizers, managedFields…) is kept in `extra`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,7 +50,7 @@ impl ObjectMeta {
 }
 
 /// `True`, `False` or `Unknown`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum ConditionStatus {
     True,
     False,
@@ -58,7 +58,7 @@ pub enum ConditionStatus {
 }
 
 /// A status condition as CDI writes them (`type`, `status`, `reason`, `message`, times).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
@@ -75,7 +75,7 @@ pub struct Condition {
 }
 
 /// `{namespace, name}`: a PVC, VolumeSnapshot or DataSource to copy from.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NamespacedName {
     #[serde(default)]
@@ -85,7 +85,7 @@ pub struct NamespacedName {
 }
 
 /// `TypedLocalObjectReference` (`spec.pvc.dataSource`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TypedLocalObjectReference {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::meta::{Condition, Extra, ObjectMeta, null_as_default};
 
 /// A StorageProfile object.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageProfile {
     #[serde(default)]
@@ -21,7 +21,7 @@ pub struct StorageProfile {
 }
 
 /// `StorageProfile.spec`: user overrides.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageProfileSpec {
     /// `copy`, `snapshot` or `csi-clone`.
@@ -39,7 +39,7 @@ pub struct StorageProfileSpec {
 }
 
 /// Access modes and a volume mode that work together on a StorageClass.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimPropertySet {
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
@@ -51,7 +51,7 @@ pub struct ClaimPropertySet {
 }
 
 /// `StorageProfile.status`: the spec merged with built-in knowledge.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageProfileStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,6 +10,10 @@
 //!    DataVolume, so the DataVolume loop imports it; `DeleteDataVolume` goes through
 //!    [`Driver::delete`] (the volume goes with it).
 //! 2. for every DataSource: [`data_source_status`] from its PVC (a DataVolume's volume here).
+//! 3. retention: every DataVolume and DataSource for which [`cleanup_due`] holds (labelled
+//!    for cleanup by a `retentionPolicy: None` cron that is gone) is deleted.
+//! 4. last use: every clone DataVolume that reads an import ([`clone_source`]) refreshes the
+//!    import's `lastUseTime` to the clone's creation time ([`refreshed_last_use`]).
 //!
 //! ## Main types
 //! - [`POLLED`]: the condition this driver adds to a cron: `True`/`Polled` after a poll that
@@ -26,8 +30,11 @@
 //!   connect timeout.
 //! - Only `registry` sources with a `url` are served (PVC-source crons are refused at create);
 //!   `secretRef` / `certConfigMap` are refused like on DataVolumes.
-//! - `lastUseTime` is not refreshed when a clone reads an import; garbage collection orders by
-//!   creation.
+//! - A clone counts as a use while it is pending or running, and afterwards only when it names
+//!   its source PVC itself: a finished `sourceRef` clone cannot tell which import the
+//!   DataSource pointed at when it ran. The loop sees every clone before it finishes (the
+//!   catalog pass follows the DataVolume pass that starts it), so this only matters for
+//!   clones made while the server was down.
 
 use std::collections::BTreeMap;
 
@@ -39,7 +46,8 @@ use crate::api::{
 };
 use crate::catalog::{
     ANN_DESIRED_DIGEST, ANN_LAST_CRON_TIME, ANN_LAST_USE_TIME, ANN_NEXT_CRON_TIME, CronObserved, CronStep,
-    ImportObserved, LABEL_CRON, SourceObserved, data_source_status, plan_cron,
+    ImportObserved, LABEL_CRON, SourceObserved, cleanup_due, clone_source, data_source_status, plan_cron,
+    refreshed_last_use,
 };
 use crate::cron::Schedule;
 
@@ -58,10 +66,15 @@ impl Driver {
     /// [`Error::Store`] when the objects cannot be listed.
     pub async fn reconcile_catalogs(&self) -> Result<bool> {
         let mut worked = false;
-        for object in self.store.list(DATAIMPORTCRONS, None)? {
-            let Ok(cron) = serde_json::from_value::<DataImportCron>(object) else { continue };
+        let crons: Vec<DataImportCron> = self
+            .store
+            .list(DATAIMPORTCRONS, None)?
+            .into_iter()
+            .filter_map(|object| serde_json::from_value(object).ok())
+            .collect();
+        for cron in &crons {
             let key = format!("{}/{}", cron.metadata.namespace(), cron.metadata.name());
-            match self.reconcile_cron(cron).await {
+            match self.reconcile_cron(cron.clone()).await {
                 Ok(w) => worked |= w,
                 Err(e) => {
                     eprintln!("diskplane serve: reconciling cron {key}: {}", super::worker::one_line(&e))
@@ -72,7 +85,100 @@ impl Driver {
             let Ok(ds) = serde_json::from_value::<DataSource>(object) else { continue };
             worked |= self.reconcile_data_source(&ds)?;
         }
+        worked |= self.clean_up_after_crons(&crons).await?;
+        worked |= self.refresh_last_uses()?;
         Ok(worked)
+    }
+
+    /// Deletes the DataVolumes and DataSources left labelled for cleanup by crons that are
+    /// gone (`retentionPolicy: None`). Returns whether anything was deleted.
+    async fn clean_up_after_crons(&self, crons: &[DataImportCron]) -> Result<bool> {
+        let mut worked = false;
+        for resource in [DATAVOLUMES, DATASOURCES] {
+            for object in self.store.list(resource, None)? {
+                let Ok(meta) = serde_json::from_value::<crate::api::ObjectMeta>(object["metadata"].clone())
+                else {
+                    continue;
+                };
+                let namespace = meta.namespace();
+                let names: Vec<&str> = crons
+                    .iter()
+                    .filter(|c| c.metadata.namespace() == namespace)
+                    .map(|c| c.metadata.name())
+                    .collect();
+                if !cleanup_due(&meta.labels, &names) {
+                    continue;
+                }
+                let cron = meta.labels.get(LABEL_CRON).map_or("", String::as_str);
+                eprintln!(
+                    "diskplane serve: {resource} {namespace}/{}: its cron {cron} is gone (retentionPolicy None)",
+                    meta.name()
+                );
+                match self.delete(resource, namespace, meta.name()).await {
+                    Ok(_) | Err(Error::NotFound { .. }) => worked = true,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(worked)
+    }
+
+    /// Moves the `lastUseTime` of every cron import that a clone reads up to that clone's
+    /// creation time. Returns whether any changed.
+    fn refresh_last_uses(&self) -> Result<bool> {
+        let mut uses: BTreeMap<(String, String), Timestamp> = BTreeMap::new();
+        for object in self.store.list(DATAVOLUMES, None)? {
+            let Ok(dv) = serde_json::from_value::<DataVolume>(object) else { continue };
+            let phase = dv.status.as_ref().map(|s| s.phase).unwrap_or_default();
+            let finished = matches!(phase, DataVolumePhase::Succeeded | DataVolumePhase::Failed);
+            let names_its_pvc = dv.spec.source.as_ref().is_some_and(|s| s.pvc.is_some());
+            if finished && !names_its_pvc {
+                continue;
+            }
+            let Some(created) = dv.metadata.creation_timestamp.as_deref().and_then(Timestamp::parse_rfc3339)
+            else {
+                continue;
+            };
+            let lookup = |ns: &str, name: &str| {
+                self.store
+                    .get(DATASOURCES, ns, name)
+                    .ok()
+                    .flatten()
+                    .and_then(|v| serde_json::from_value(v).ok())
+            };
+            let Some(pvc) = clone_source(&dv, lookup) else { continue };
+            let used = uses.entry((pvc.namespace, pvc.name)).or_insert(created);
+            *used = (*used).max(created);
+        }
+        let mut worked = false;
+        for ((namespace, name), used) in uses {
+            let Some(object) = self.store.get(DATAVOLUMES, &namespace, &name)? else { continue };
+            let Ok(source) = serde_json::from_value::<DataVolume>(object) else { continue };
+            if !source.metadata.labels.contains_key(LABEL_CRON) {
+                continue;
+            }
+            let current = source.metadata.annotations.get(ANN_LAST_USE_TIME).map(String::as_str);
+            if refreshed_last_use(current, used).is_some() {
+                worked |= self.mark_used(&namespace, &name, used)?;
+            }
+        }
+        Ok(worked)
+    }
+
+    /// Sets the DataVolume's `lastUseTime` to `at` (never moving it back). Returns whether it
+    /// changed.
+    fn mark_used(&self, namespace: &str, name: &str, at: Timestamp) -> Result<bool> {
+        let Some(object) = self.store.get(DATAVOLUMES, namespace, name)? else { return Ok(false) };
+        let Some(uid) = object["metadata"]["uid"].as_str() else { return Ok(false) };
+        let current = object["metadata"]["annotations"][ANN_LAST_USE_TIME].as_str();
+        let Some(value) = refreshed_last_use(current, at) else { return Ok(false) };
+        let changed = self.store.modify(DATAVOLUMES, namespace, name, uid, |object| {
+            if !object["metadata"]["annotations"].is_object() {
+                object["metadata"]["annotations"] = json!({});
+            }
+            object["metadata"]["annotations"][ANN_LAST_USE_TIME] = json!(value);
+        })?;
+        Ok(changed.is_some())
     }
 
     /// Polls the cron `namespace/name` now and records the digest (or the failure); the loop
@@ -145,6 +251,7 @@ impl Driver {
                         self.apply_data_source(*ds)?;
                         worked = true;
                     }
+                    CronStep::MarkUsed { name: dv, at } => worked |= self.mark_used(&namespace, &dv, at)?,
                     CronStep::Poll | CronStep::RequeueAt(_) | CronStep::AwaitChange => {}
                 }
             }
@@ -183,7 +290,18 @@ impl Driver {
             .store
             .get(DATASOURCES, &namespace, &cron.spec.managed_data_source)?
             .and_then(|v| serde_json::from_value(v).ok());
-        Ok(CronObserved { cron, imports, data_source, now: now() })
+        let other_crons = self
+            .store
+            .list(DATAIMPORTCRONS, Some(&namespace))?
+            .into_iter()
+            .filter_map(|v| serde_json::from_value::<DataImportCron>(v).ok())
+            .filter(|c| {
+                c.metadata.name() != cron.metadata.name()
+                    && c.spec.managed_data_source == cron.spec.managed_data_source
+            })
+            .map(|c| c.metadata.name().to_owned())
+            .collect();
+        Ok(CronObserved { cron, imports, data_source, other_crons, now: now() })
     }
 
     /// Resolves the cron's registry tag and records the digest (or the failure) on it.

@@ -27,10 +27,12 @@
 //! - The loop is level-triggered over *all* DataVolumes: it runs on every change and at least
 //!   once a second. Fine for the hundreds of volumes of one machine, not for a cluster.
 //! - `secretRef` / `certConfigMap` name Kubernetes objects that do not exist here: such
-//!   DataVolumes fail with a message saying so. `volumeMode: Block` and
-//!   snapshot sources are not supported yet and fail the same way. `contentType: archive`
+//!   DataVolumes fail with a message saying so. Snapshot sources are not supported yet and
+//!   fail the same way. `volumeMode: Block` volumes are loop devices over pool files
+//!   ([`block`]; needs root), shown as the annotation [`DEVICE_ANNOTATION`]. `contentType: archive`
 //!   (http sources) is extracted into the volume's `fs/` directory instead of `disk.img`.
 
+pub mod block;
 pub mod catalog;
 pub mod error;
 pub mod pool;
@@ -57,6 +59,9 @@ use crate::plan::{Observed, PlanConfig, SourceState, Step, WorkerFailure, Worker
 
 /// Resource name of DataVolumes in paths and store keys.
 pub const DATAVOLUMES: &str = "datavolumes";
+/// Annotation on a `volumeMode: Block` DataVolume: the loop device of its volume
+/// (`/dev/loopN`), kept current by the reconcile loop (a restart may attach another one).
+pub const DEVICE_ANNOTATION: &str = "diskplane.io/device";
 /// Resource name of DataSources.
 pub const DATASOURCES: &str = "datasources";
 /// The longest the loop sleeps without a change (progress refresh, retry back-off).
@@ -128,6 +133,9 @@ impl Driver {
         let store = Store::open(&opts.data_dir.join("state.redb"))?;
         let pool = Pool::open(&opts.data_dir.join("volumes"))?;
         pool.clean_partials()?;
+        for (volume, e) in pool.recover()? {
+            eprintln!("diskplane serve: Block volume {}: {}", volume.display(), worker::one_line(&e));
+        }
         let wake = Arc::new(Notify::new());
         let workers = Workers::new(pool.clone(), opts.concurrency, Arc::clone(&wake));
         let vms = vm::Vms::new(opts.vm.clone());
@@ -191,7 +199,7 @@ impl Driver {
             return None;
         }
         let meta = self.pool.meta(namespace, name, uid)?;
-        Some((self.pool.partial(namespace, name), meta.virtual_size_bytes))
+        Some((self.pool.output(namespace, name).ok()?, meta.virtual_size_bytes))
     }
 
     /// UPLOAD HOOK (to be wired to the `uploader` crate): reports the end of an upload to
@@ -215,7 +223,7 @@ impl Driver {
                 }
             }
             Err(failure) => {
-                let _ = std::fs::remove_file(self.pool.partial(namespace, name));
+                self.pool.discard_output(namespace, name);
                 Err(failure)
             }
         };
@@ -323,7 +331,34 @@ impl Driver {
                 _ => {}
             }
         }
+        if observed.dv.spec.is_block() {
+            worked |= self.sync_device_annotation(&observed.dv, &uid)?;
+        }
         Ok(worked)
+    }
+
+    /// Sets [`DEVICE_ANNOTATION`] to the volume's loop device (removes it while there is
+    /// none). Returns whether it changed.
+    fn sync_device_annotation(&self, dv: &DataVolume, uid: &str) -> Result<bool> {
+        let (namespace, name) = (dv.metadata.namespace(), dv.metadata.name());
+        let device = self.pool.device(namespace, name).map(|d| d.display().to_string());
+        let current = dv.metadata.annotations.get(DEVICE_ANNOTATION);
+        if current == device.as_ref() {
+            return Ok(false);
+        }
+        self.store.modify(DATAVOLUMES, namespace, name, uid, |object| {
+            let annotations = &mut object["metadata"]["annotations"];
+            if !annotations.is_object() {
+                *annotations = Value::Object(serde_json::Map::new());
+            }
+            if let Some(map) = annotations.as_object_mut() {
+                match &device {
+                    Some(d) => map.insert(DEVICE_ANNOTATION.to_owned(), Value::String(d.clone())),
+                    None => map.remove(DEVICE_ANNOTATION),
+                };
+            }
+        })?;
+        Ok(true)
     }
 
     /// The worker job for a DataVolume; features this driver lacks become a refusal.
@@ -333,8 +368,10 @@ impl Driver {
         };
         let spec = &dv.spec;
         let source = spec.source.as_ref();
-        if spec.is_block() {
-            return refuse("volumeMode: Block is not supported yet by the embedded driver".into());
+        if spec.is_block()
+            && let Some(why) = block::unavailable()
+        {
+            return refuse(why);
         }
         let archive = spec.content_type() == CONTENT_TYPE_ARCHIVE;
         if archive && source.and_then(|s| s.kind()) != Some(SourceKind::Http) {
@@ -458,8 +495,8 @@ impl Driver {
             .and_then(|v| serde_json::from_value::<DataVolume>(v).ok())
             .is_some_and(|d| d.status.is_some_and(|s| s.phase == DataVolumePhase::Succeeded));
         let disk = self.pool.disk(&pvc.namespace, &pvc.name);
-        match std::fs::metadata(&disk) {
-            Ok(meta) if succeeded => (Ok(disk), SourceState::Present { size_bytes: meta.len() }),
+        match self.pool.disk_size(&pvc.namespace, &pvc.name) {
+            Some(size_bytes) if succeeded => (Ok(disk), SourceState::Present { size_bytes }),
             _ => (Err(format!("PVC {}/{} not found", pvc.namespace, pvc.name)), SourceState::Missing),
         }
     }

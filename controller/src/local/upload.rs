@@ -9,13 +9,15 @@
 //! | missing, or no `spec.source.upload` | 404 |
 //! | `Succeeded` (or its upload just finished) | 409 |
 //! | an upload to it is running | 503 |
-//! | not `UploadReady` yet (volume being created, retry back-off) | 503 |
+//! | not `UploadReady` yet (volume being created; the reconcile pass right after a failed upload) | 503 |
 //! | `UploadReady` | the upload writes the pool's partial file, at most the virtual size |
 //!
 //! The end of an upload goes to [`Driver::upload_finished`]: success commits the partial file
 //! as `disk.img` and the DataVolume becomes `Succeeded`; a failure is a retryable worker
-//! failure (phase stays `UploadReady`, the Running condition carries the message, and uploads
-//! are taken again once the driver's retry back-off has passed).
+//! failure (phase stays `UploadReady`, `restartCount` grows, the Running condition carries the
+//! message until the next upload worker starts) and, unlike other workers, uploads are taken
+//! again at once: the next reconcile pass restarts the upload worker without a back-off
+//! (`plan::retry_backoff`), as CDI's upload server takes a new upload right away.
 //!
 //! ## Main types
 //! - [`DriverUploads`]: the backend; one per server.
@@ -209,15 +211,18 @@ mod tests {
         uploads.progress(&claims("up"), 512, Some(1024));
         assert_eq!(uploads.received("ns", "up"), Some((512, Some(1024))));
 
-        // A failed upload frees the volume; the driver takes uploads again after its back-off.
+        // A failed upload frees the volume; the next reconcile counts the failure and takes
+        // the next upload at once (no back-off for uploads).
         uploads.finish(&claims("up"), &Err(uploader::Error::Internal("dropped".into())));
         assert_eq!(uploads.received("ns", "up"), None);
         assert!(matches!(uploads.begin(&claims("up")), Err(Refusal::NotReady(_))));
         driver.reconcile_all().await.unwrap();
         let object = driver.store().get(DATAVOLUMES, "ns", "up").unwrap().unwrap();
         assert_eq!(object["status"]["phase"], "UploadReady");
+        assert_eq!(object["status"]["restartCount"], 1);
         let running =
             object["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Running");
         assert_eq!(running.unwrap()["message"], "upload failed: dropped");
+        assert!(uploads.begin(&claims("up")).is_ok(), "the retry is taken without a back-off");
     }
 }

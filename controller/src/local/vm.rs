@@ -495,7 +495,7 @@ impl Driver {
                     format!("volume {}: DataVolume {ns}/{dv_name} is {phase}{progress}", disk.name),
                 ));
             }
-            resolved.volumes.insert(disk.name.clone(), self.pool.disk(ns, dv_name));
+            resolved.volumes.insert(disk.name.clone(), self.pool.volume_path(ns, dv_name));
             data_volumes.push(dv_name.clone());
         }
         if spec.kernel_boot.is_some() {

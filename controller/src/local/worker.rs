@@ -274,7 +274,7 @@ impl TaskContext {
                 }
             }
             Err(failure) => {
-                let _ = std::fs::remove_file(self.pool.partial(&target.namespace, &target.name));
+                self.pool.discard_output(&target.namespace, &target.name);
                 Err(failure)
             }
         };
@@ -284,8 +284,15 @@ impl TaskContext {
     }
 
     async fn transfer(&self, target: &Target, job: Job) -> Result<(), WorkerFailure> {
-        let partial = self.pool.partial(&target.namespace, &target.name);
-        let _ = std::fs::remove_file(&partial);
+        // The partial file, or a Block volume's device (zeroed).
+        let pool = self.pool.clone();
+        let (namespace, name) = (target.namespace.clone(), target.name.clone());
+        let partial = match tokio::task::spawn_blocking(move || pool.prepare_output(&namespace, &name)).await
+        {
+            Ok(Ok(path)) => path,
+            Ok(Err(e)) => return Err(local_failure(&e)),
+            Err(e) => return Err(local_failure(&e)),
+        };
         let opts = ImportOptions {
             http: HttpOptions::default(),
             checksum: None,
@@ -348,6 +355,9 @@ impl TaskContext {
                 let preallocate = target.preallocate;
                 let size = target.virtual_size;
                 blocking(move || {
+                    if storage::is_block_device(&partial) {
+                        return Ok(()); // a Block volume's device, zeroed by `prepare_output`
+                    }
                     let file = std::fs::File::create(&partial)?;
                     file.set_len(size)?;
                     if preallocate {
@@ -368,8 +378,14 @@ impl TaskContext {
             Job::Clone { source } => {
                 let size = target.virtual_size;
                 let outcome = tokio::task::spawn_blocking(move || {
-                    let opts =
-                        cloner::CloneOptions { target_size: Some(size), ..cloner::CloneOptions::default() };
+                    // A device has no holes to find: scan for zero blocks to keep the copy thin.
+                    let detect_zeroes =
+                        storage::is_block_device(&source) || storage::is_block_device(&partial);
+                    let opts = cloner::CloneOptions {
+                        target_size: Some(size),
+                        detect_zeroes,
+                        ..cloner::CloneOptions::default()
+                    };
                     cloner::clone_volume(&source, &partial, &opts)
                 })
                 .await;
@@ -411,7 +427,10 @@ pub fn failure_of_import(e: &importer::Error, registry: bool) -> WorkerFailure {
     failure
 }
 
-fn classify(kind: ErrorKind, retryable: bool, default_reason: &str, message: String) -> WorkerFailure {
+/// The one mapping from an error kind to a worker failure (also used by the Kubernetes worker
+/// processes, `diskplane worker`): checksum and too-large failures are terminal with CDI's
+/// reason and message; any other kind keeps `default_reason` and `retryable`.
+pub fn classify(kind: ErrorKind, retryable: bool, default_reason: &str, message: String) -> WorkerFailure {
     match kind {
         ErrorKind::Checksum => {
             WorkerFailure { reason: reason::CHECKSUM_ERROR.into(), message, retryable: false }

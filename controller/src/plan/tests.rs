@@ -590,3 +590,84 @@ fn every_plan_ends_with_requeue_or_await() {
         assert!(matches!(steps.last(), Some(Step::RequeueAfter(_) | Step::AwaitChange)), "{steps:?}");
     }
 }
+
+// ---- upload retries ---------------------------------------------------------------------------
+
+#[test]
+fn retry_backoff_is_zero_for_uploads_only() {
+    let table = [
+        (WorkerKind::Upload, 1, Duration::ZERO),
+        (WorkerKind::Upload, 7, Duration::ZERO),
+        (WorkerKind::Import, 1, backoff(1)),
+        (WorkerKind::Clone, 2, backoff(2)),
+        (WorkerKind::Blank, 3, backoff(3)),
+    ];
+    for (kind, restarts, want) in table {
+        assert_eq!(retry_backoff(kind, restarts), want, "{kind:?} after {restarts} restarts");
+    }
+}
+
+#[test]
+fn failed_upload_is_counted_and_the_next_upload_is_taken_at_once() {
+    let o = with_worker(
+        observed_ready(upload_dv()),
+        WorkerState::Failed { attempt: 0, failure: transient("upload failed: connection reset") },
+    );
+
+    let steps = plan(&o);
+
+    let status = status_of(&steps);
+    assert_eq!(status.phase, DataVolumePhase::UploadReady);
+    assert_eq!(status.restart_count, 1);
+    let running = cond(status, "Running");
+    assert_eq!(running.message.as_deref(), Some("upload failed: connection reset"));
+    assert_eq!(
+        without_status(&steps),
+        [Step::DeleteWorker, Step::StartWorker { kind: WorkerKind::Upload, attempt: 1 }, Step::AwaitChange]
+    );
+}
+
+#[test]
+fn failed_upload_already_counted_restarts_without_counting_again() {
+    // The status was written but the driver stopped before it restarted the worker.
+    let failed = WorkerState::Failed { attempt: 0, failure: transient("reset") };
+    let o = with_worker(observed_ready(upload_dv()), failed.clone());
+    let o = with_worker(after(o.clone(), &plan(&o)), failed);
+
+    let steps = plan(&o);
+
+    assert_eq!(
+        steps,
+        [Step::DeleteWorker, Step::StartWorker { kind: WorkerKind::Upload, attempt: 1 }, Step::AwaitChange]
+    );
+}
+
+#[test]
+fn upload_without_worker_after_a_failure_starts_one_without_backoff() {
+    let o = with_worker(
+        observed_ready(upload_dv()),
+        WorkerState::Failed { attempt: 0, failure: transient("reset") },
+    );
+    // The worker was deleted but not restarted (e.g. a driver restart): still no waiting.
+    let o = after(o.clone(), &plan(&o));
+    assert_eq!(o.worker, WorkerState::None);
+
+    let steps = plan(&o);
+
+    assert_eq!(status_of(&steps).phase, DataVolumePhase::UploadScheduled);
+    assert_eq!(
+        without_status(&steps),
+        [Step::StartWorker { kind: WorkerKind::Upload, attempt: 1 }, Step::AwaitChange]
+    );
+}
+
+#[test]
+fn a_terminal_upload_failure_still_fails_the_data_volume() {
+    let failure = terminal("Error", "image is larger than the volume");
+    let o = with_worker(observed_ready(upload_dv()), WorkerState::Failed { attempt: 0, failure });
+
+    let steps = plan(&o);
+
+    assert_eq!(status_of(&steps).phase, DataVolumePhase::Failed);
+    assert_eq!(without_status(&steps), [Step::DeleteWorker, Step::AwaitChange]);
+}

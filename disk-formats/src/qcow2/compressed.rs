@@ -6,8 +6,12 @@
 //! early is an error, and so is one that would inflate past the cluster (qemu silently cuts
 //! that off; we refuse it, since the image is then corrupt or hostile).
 //!
-//! The output buffer is allocated one byte larger than the cluster so that "more than a
-//! cluster" is observed without ever producing an unbounded amount.
+//! Each thread keeps one zlib and one zstd decoder and resets it per cluster (creating a zstd
+//! context per cluster cost more than decoding small clusters). The output goes straight into
+//! the caller's buffer; "more than a cluster" is observed by asking for one byte more into a
+//! scratch byte, so nothing unbounded is ever produced.
+
+use std::cell::RefCell;
 
 use flate2::{Decompress, FlushDecompress, Status};
 use zstd::stream::raw::{DParameter, Decoder, InBuffer, Operation, OutBuffer};
@@ -16,17 +20,48 @@ use super::header::CompressionType;
 use crate::limits;
 use crate::{Error, Result};
 
+thread_local! {
+    static ZLIB: RefCell<Option<Decompress>> = const { RefCell::new(None) };
+    static ZSTD: RefCell<Option<Decoder<'static>>> = const { RefCell::new(None) };
+}
+
 /// Decodes the compressed bytes `input` of the cluster stored at `host` into exactly
 /// `cluster_size` bytes.
 ///
 /// # Errors
+/// As [`decode_into`].
+#[cfg(test)]
+pub(crate) fn decode(kind: CompressionType, input: &[u8], cluster_size: usize, host: u64) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; cluster_size];
+    decode_into(kind, input, &mut out, host)?;
+    Ok(out)
+}
+
+/// Decodes the compressed bytes `input` of the cluster stored at `host` into all of `out`
+/// (one cluster).
+///
+/// # Errors
 /// [`crate::ErrorKind::InvalidImage`] when the stream is corrupt, ends before a full cluster or
 /// would produce more than a cluster.
-pub(crate) fn decode(kind: CompressionType, input: &[u8], cluster_size: usize, host: u64) -> Result<Vec<u8>> {
-    let mut out = vec![0u8; cluster_size + 1];
+pub(crate) fn decode_into(kind: CompressionType, input: &[u8], out: &mut [u8], host: u64) -> Result<()> {
+    let cluster_size = out.len();
     let produced = match kind {
-        CompressionType::Zlib => inflate(input, &mut out, host)?,
-        CompressionType::Zstd => unzstd(input, &mut out, host)?,
+        CompressionType::Zlib => ZLIB.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let z = slot.get_or_insert_with(|| Decompress::new(false));
+            z.reset(false);
+            inflate(z, input, out, host)
+        })?,
+        CompressionType::Zstd => ZSTD.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let decoder = match slot.as_mut() {
+                Some(decoder) => decoder,
+                None => slot.insert(new_zstd_decoder(host)?),
+            };
+            // A new frame, whatever state an earlier (failed) cluster left behind.
+            decoder.reinit().map_err(|e| Error::io("resetting the zstd decoder", e))?;
+            unzstd(decoder, input, out, host)
+        })?,
     };
     if produced > cluster_size {
         return Err(Error::invalid(format!(
@@ -38,24 +73,33 @@ pub(crate) fn decode(kind: CompressionType, input: &[u8], cluster_size: usize, h
             "compressed cluster at host offset {host} decodes to {produced} bytes, expected {cluster_size}"
         )));
     }
-    out.truncate(cluster_size);
-    Ok(out)
+    Ok(())
 }
 
-/// Raw deflate into `out`; returns the bytes produced.
+fn new_zstd_decoder(host: u64) -> Result<Decoder<'static>> {
+    let mut decoder = Decoder::new().map_err(|e| Error::io("creating a zstd decoder", e))?;
+    // Bounds the decoder's memory for hostile frame headers (kept across resets).
+    decoder.set_parameter(DParameter::WindowLogMax(limits::QCOW2_ZSTD_MAX_WINDOW_LOG)).map_err(|e| {
+        Error::invalid(format!("compressed cluster at host offset {host}: zstd decoder setup: {e}"))
+    })?;
+    Ok(decoder)
+}
+
+/// Raw deflate into `out`; returns the bytes produced, `out.len() + 1` when the stream holds
+/// more than `out`.
 ///
 /// Like qemu, a stream whose end marker lies beyond the stored bytes is accepted when it has
 /// already produced the full cluster.
-fn inflate(input: &[u8], out: &mut [u8], host: u64) -> Result<usize> {
-    let mut z = Decompress::new(false);
+fn inflate(z: &mut Decompress, input: &[u8], out: &mut [u8], host: u64) -> Result<usize> {
+    let mut extra = [0u8; 1];
     loop {
         let (in_pos, out_pos) = (total(z.total_in()), total(z.total_out()));
-        let status =
-            z.decompress(&input[in_pos..], &mut out[out_pos..], FlushDecompress::Finish).map_err(|e| {
-                Error::invalid(format!("compressed cluster at host offset {host} is corrupt: {e}"))
-            })?;
+        let dst: &mut [u8] = if out_pos < out.len() { &mut out[out_pos..] } else { &mut extra };
+        let status = z.decompress(&input[in_pos..], dst, FlushDecompress::Finish).map_err(|e| {
+            Error::invalid(format!("compressed cluster at host offset {host} is corrupt: {e}"))
+        })?;
         let produced = total(z.total_out());
-        if status == Status::StreamEnd || produced == out.len() {
+        if status == Status::StreamEnd || produced > out.len() {
             return Ok(produced);
         }
         if total(z.total_in()) == in_pos && produced == out_pos {
@@ -65,28 +109,48 @@ fn inflate(input: &[u8], out: &mut [u8], host: u64) -> Result<usize> {
     }
 }
 
-/// One zstd frame into `out`; returns the bytes produced.
-fn unzstd(input: &[u8], out: &mut [u8], host: u64) -> Result<usize> {
+/// One zstd frame into `out`; returns the bytes produced, `out.len() + 1` when the frame holds
+/// more than `out`.
+fn unzstd(decoder: &mut Decoder<'static>, input: &[u8], out: &mut [u8], host: u64) -> Result<usize> {
     let corrupt = |e: std::io::Error| {
         Error::invalid(format!("compressed cluster at host offset {host} is corrupt: {e}"))
     };
-    let mut decoder = Decoder::new().map_err(|e| Error::io("creating a zstd decoder", e))?;
-    // Bounds the decoder's memory for hostile frame headers.
-    decoder.set_parameter(DParameter::WindowLogMax(limits::QCOW2_ZSTD_MAX_WINDOW_LOG)).map_err(corrupt)?;
+    let truncated = |len: usize| {
+        Error::invalid(format!(
+            "compressed cluster at host offset {host} is truncated: the zstd frame does not end within its {len} stored bytes"
+        ))
+    };
+    let cluster_size = out.len();
     let mut src = InBuffer::around(input);
     let mut dst = OutBuffer::around(out);
     loop {
         let (in_pos, out_pos) = (src.pos(), dst.pos());
         let remaining = decoder.run(&mut src, &mut dst).map_err(corrupt)?;
-        if remaining == 0 || dst.pos() == dst.capacity() {
-            // The frame is complete (trailing bytes are left alone), or it overflows the cluster.
+        if remaining == 0 {
+            // The frame is complete (trailing bytes are left alone).
             return Ok(dst.pos());
         }
+        if dst.pos() == dst.capacity() {
+            break;
+        }
         if src.pos() == in_pos && dst.pos() == out_pos {
-            return Err(Error::invalid(format!(
-                "compressed cluster at host offset {host} is truncated: the zstd frame does not end within its {} stored bytes",
-                input.len()
-            )));
+            return Err(truncated(input.len()));
+        }
+    }
+    // The cluster is full but the frame goes on: does it hold one byte more?
+    let mut extra = [0u8; 1];
+    let mut probe = OutBuffer::around(&mut extra[..]);
+    loop {
+        let in_pos = src.pos();
+        let remaining = decoder.run(&mut src, &mut probe).map_err(corrupt)?;
+        if probe.pos() > 0 {
+            return Ok(cluster_size + 1);
+        }
+        if remaining == 0 {
+            return Ok(cluster_size);
+        }
+        if src.pos() == in_pos {
+            return Err(truncated(input.len()));
         }
     }
 }

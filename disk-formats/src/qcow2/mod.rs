@@ -45,8 +45,10 @@ mod qemu_tests;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
+use crate::convert::direct::{AlignedBuf, DIRECT_ALIGN, DirectSource};
 use crate::image::{Image, ImageInfo, Segment, SegmentKind, SnapshotInfo};
 use crate::io::ReadAt;
 use crate::limits;
@@ -63,6 +65,13 @@ const L1_ENTRY_BYTES: u64 = 8;
 const SECTOR_BYTES: u64 = 512;
 /// Bytes read first to learn the cluster size (the smallest cluster).
 const PEEK_BYTES: u64 = 1 << header::MIN_CLUSTER_BITS;
+/// Most host bytes of consecutive compressed clusters read with one call.
+const COMPRESSED_SPAN_BYTES: u64 = 4 << 20;
+
+thread_local! {
+    /// Each reading thread's buffer for the stored bytes of a run of compressed clusters.
+    static SPAN: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::new(0));
+}
 
 /// A qcow2 image opened read-only.
 pub struct Qcow2Image {
@@ -76,6 +85,8 @@ pub struct Qcow2Image {
     layout: Layout,
     snapshots: Vec<SnapshotInfo>,
     cache: L2Cache,
+    /// The image file opened for direct reads of compressed data, where possible.
+    direct: Option<DirectSource>,
 }
 
 impl std::fmt::Debug for Qcow2Image {
@@ -144,10 +155,12 @@ impl Qcow2Image {
             layout,
             snapshots,
             cache: L2Cache::new(limits::L2_CACHE_BYTES),
+            direct: None,
         };
         // Only the entries covering the (rounded-down) virtual size are ever used.
         let active = virtual_size.div_ceil(1u64 << geo.l1_coverage_bits()).min(l1_entries);
         image.l1 = image.load_l1(active)?;
+        image.direct = image.source.as_file().and_then(DirectSource::open);
         Ok(image)
     }
 
@@ -367,18 +380,77 @@ impl Qcow2Image {
         Ok(cluster)
     }
 
-    /// Reads and decodes the compressed cluster at `host` (`len` stored bytes, which may run
-    /// past the end of file: qemu uses what is there).
-    fn decompress(&self, host: u64, len: u64) -> Result<Vec<u8>> {
-        let available = len.min(self.file_size.saturating_sub(host));
-        let input = read_bytes(
-            &*self.source,
-            host,
-            available,
-            &format!("reading the compressed cluster at host offset {host}"),
-        )?;
-        let cluster_size = usize::try_from(self.geo.cluster_size()).unwrap_or(usize::MAX);
-        compressed::decode(self.header.compression_type(), &input, cluster_size, host)
+    /// The compressed clusters from `pos` on (the first is `first`, all before `end`) whose
+    /// stored bytes lie close enough together on the host to be read at once: at most
+    /// [`COMPRESSED_SPAN_BYTES`] from the first one's start. A bad entry ends the run; the
+    /// caller's next step reports it.
+    fn compressed_run(&self, pos: u64, first: Extent, end: u64) -> Vec<(u64, Extent)> {
+        let mut run = vec![(pos, first)];
+        let Piece::Compressed { host: start, .. } = first.piece else { return run };
+        let mut next = pos + first.len;
+        while next < end {
+            let Ok(extent) = self.extent_at(next, end) else { break };
+            let Piece::Compressed { host, len } = extent.piece else { break };
+            let stored_end = host.saturating_add(len).min(self.file_size);
+            if host < start || stored_end - start > COMPRESSED_SPAN_BYTES {
+                break;
+            }
+            run.push((next, extent));
+            next += extent.len;
+        }
+        run
+    }
+
+    /// Reads the stored bytes of a run of compressed clusters with one read (directly from the
+    /// device where the file allows it) and decodes each into `buf` (guest bytes of the run).
+    fn read_compressed(&self, run: &[(u64, Extent)], buf: &mut [u8]) -> Result<()> {
+        let stored = |extent: &Extent| match extent.piece {
+            Piece::Compressed { host, len } => Some((host, host.saturating_add(len).min(self.file_size))),
+            _ => None,
+        };
+        let (lo, hi) = run
+            .iter()
+            .filter_map(|(_, e)| stored(e))
+            .fold((u64::MAX, 0), |(lo, hi), (s, e)| (lo.min(s), hi.max(e)));
+        if lo >= hi {
+            return Err(Error::invalid("empty run of compressed clusters"));
+        }
+        // Whole 4 KiB blocks, so that the aligned middle can be read directly.
+        let align = DIRECT_ALIGN as u64;
+        let read_start = lo - lo % align;
+        let read_len = usize::try_from(hi - read_start).map_err(|_| Error::too_large("compressed span"))?;
+        SPAN.with(|cell| {
+            let mut span = cell.borrow_mut();
+            if span.len() < read_len {
+                *span = AlignedBuf::new(read_len.max(COMPRESSED_SPAN_BYTES as usize + DIRECT_ALIGN));
+            }
+            let bytes = &mut span[..read_len];
+            let what =
+                || format!("reading {read_len} bytes of compressed clusters at host offset {read_start}");
+            match &self.direct {
+                Some(direct) => direct.read_exact_at(&*self.source, bytes, read_start),
+                None => self.source.read_exact_at(bytes, read_start),
+            }
+            .map_err(|e| Error::io(what(), e))?;
+            let cluster_size = self.geo.cluster_size();
+            let kind = self.header.compression_type();
+            let mut at = 0usize;
+            for (pos, extent) in run {
+                let dst = &mut buf[at..at + extent.len as usize];
+                at += extent.len as usize;
+                let Some((host, stored_end)) = stored(extent) else { continue };
+                let input = &bytes[(host - read_start) as usize..(stored_end - read_start) as usize];
+                let start = (pos % cluster_size) as usize;
+                if start == 0 && dst.len() as u64 == cluster_size {
+                    compressed::decode_into(kind, input, dst, host)?;
+                } else {
+                    let mut cluster = vec![0u8; cluster_size as usize];
+                    compressed::decode_into(kind, input, &mut cluster, host)?;
+                    dst.copy_from_slice(&cluster[start..start + dst.len()]);
+                }
+            }
+            Ok(())
+        })
     }
 }
 
@@ -511,14 +583,19 @@ impl Image for Qcow2Image {
                 ))
             },
         )?;
-        let cluster_size = self.geo.cluster_size();
         let mut pos = offset;
         while pos < end {
             let extent = self.extent_at(pos, end)?;
             let from = (pos - offset) as usize;
+            if let Piece::Compressed { .. } = extent.piece {
+                let run = self.compressed_run(pos, extent, end);
+                let run_len: u64 = run.iter().map(|(_, e)| e.len).sum();
+                self.read_compressed(&run, &mut buf[from..from + run_len as usize])?;
+                pos += run_len;
+                continue;
+            }
             let dst = &mut buf[from..from + extent.len as usize];
             match extent.piece {
-                Piece::Unallocated | Piece::Zero => dst.fill(0),
                 Piece::Data { host } => self.source.read_exact_at(dst, host).map_err(|e| {
                     Error::io(
                         format!(
@@ -528,11 +605,7 @@ impl Image for Qcow2Image {
                         e,
                     )
                 })?,
-                Piece::Compressed { host, len } => {
-                    let cluster = self.decompress(host, len)?;
-                    let start = (pos % cluster_size) as usize;
-                    dst.copy_from_slice(&cluster[start..start + dst.len()]);
-                }
+                _ => dst.fill(0),
             }
             pos += extent.len;
         }

@@ -8,26 +8,25 @@
 //!
 //! [`produce`] pumps the body into a bounded channel, hashing every byte in order (the
 //! checksum is checked *before* the end-of-stream marker is sent, so a mismatch can never look
-//! like a complete stream), and [`ChannelReader`] is the blocking `Read` end the converter
-//! consumes. At most [`CHANNEL_CHUNKS`] × [`CHUNK_BYTES`] bytes wait in between.
+//! like a complete stream); the blocking `Read` end the converter consumes is
+//! [`crate::pipe::ChannelReader`] (shared with the uploader). At most [`CHANNEL_CHUNKS`] ×
+//! [`CHUNK_BYTES`] bytes wait in between.
 
-use std::io::{self, Read};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use reqwest::{Response, StatusCode, Url};
 use tokio::sync::mpsc;
 
 use super::{ContentRange, Http, Validator, network_error};
 use crate::checksum::Checksum;
 use crate::error::{Error, Result};
+use crate::pipe::Batcher;
 use crate::progress::Progress;
 
-/// Small body chunks are gathered into pieces of this size before crossing the channel.
-pub(crate) const CHUNK_BYTES: usize = 256 << 10;
-
-/// Pieces in flight between the network task and the converter (≈ 4 MiB).
-pub(crate) const CHANNEL_CHUNKS: usize = 16;
+pub(crate) use crate::pipe::{
+    CHANNEL_PIECES as CHANNEL_CHUNKS, ChannelReader, PIECE_BYTES as CHUNK_BYTES, Piece,
+};
 
 /// What the first response told us about the object.
 #[derive(Debug, Clone)]
@@ -253,14 +252,6 @@ impl Body {
     }
 }
 
-/// One piece crossing the channel.
-#[derive(Debug)]
-pub(crate) enum Piece {
-    Data(Bytes),
-    /// Every byte was sent and the checksum (if any) matched.
-    End,
-}
-
 /// How the producer stopped without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -280,7 +271,7 @@ pub(crate) async fn produce(
 ) -> Result<Outcome> {
     let mut hasher = checksum.as_ref().map(Checksum::hasher);
     let mut replay = replay.into_iter();
-    let mut batch = BytesMut::new();
+    let mut batch = Batcher::new();
     loop {
         let next = match replay.next() {
             Some(bytes) => Some(bytes),
@@ -291,20 +282,15 @@ pub(crate) async fn produce(
             h.update(&bytes);
         }
         progress.add_done(bytes.len() as u64);
-        let piece = if batch.is_empty() && bytes.len() >= CHUNK_BYTES {
-            bytes
-        } else {
-            batch.extend_from_slice(&bytes);
-            if batch.len() < CHUNK_BYTES {
-                continue;
-            }
-            batch.split().freeze()
-        };
-        if tx.send(Piece::Data(piece)).await.is_err() {
+        if let Some(piece) = batch.push(bytes)
+            && tx.send(Piece::Data(piece)).await.is_err()
+        {
             return Ok(Outcome::ReceiverGone);
         }
     }
-    if !batch.is_empty() && tx.send(Piece::Data(batch.freeze())).await.is_err() {
+    if let Some(piece) = batch.finish()
+        && tx.send(Piece::Data(piece)).await.is_err()
+    {
         return Ok(Outcome::ReceiverGone);
     }
     if let (Some(sum), Some(h)) = (&checksum, hasher) {
@@ -314,53 +300,4 @@ pub(crate) async fn produce(
         return Ok(Outcome::ReceiverGone);
     }
     Ok(Outcome::Complete)
-}
-
-/// The blocking end of the channel: a `Read` for the converter. Cloning shares the position,
-/// so the importer can drain what the converter left unread.
-#[derive(Debug, Clone)]
-pub(crate) struct ChannelReader(Arc<Mutex<ReaderState>>);
-
-#[derive(Debug)]
-struct ReaderState {
-    rx: mpsc::Receiver<Piece>,
-    current: Bytes,
-    ended: bool,
-}
-
-impl ChannelReader {
-    pub(crate) fn new(rx: mpsc::Receiver<Piece>) -> Self {
-        Self(Arc::new(Mutex::new(ReaderState { rx, current: Bytes::new(), ended: false })))
-    }
-
-    /// Reads and discards the rest of the stream (so every byte is hashed and the end marker,
-    /// which follows a successful checksum, is seen). Returns how many bytes were left.
-    pub(crate) fn drain(&mut self) -> io::Result<u64> {
-        io::copy(self, &mut io::sink())
-    }
-}
-
-impl Read for ChannelReader {
-    /// Must run outside the async runtime (it blocks on the channel).
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut state = self.0.lock().map_err(|_| io::Error::other("download reader lock poisoned"))?;
-        loop {
-            if !state.current.is_empty() {
-                let n = buf.len().min(state.current.len());
-                buf[..n].copy_from_slice(&state.current[..n]);
-                state.current.advance(n);
-                return Ok(n);
-            }
-            if state.ended || buf.is_empty() {
-                return Ok(0);
-            }
-            match state.rx.blocking_recv() {
-                Some(Piece::Data(bytes)) => state.current = bytes,
-                Some(Piece::End) => state.ended = true,
-                // Not `UnexpectedEof`: that would be reported as a truncated image. The
-                // importer reports the download's own error instead of this one.
-                None => return Err(io::Error::other("the download stopped before its end")),
-            }
-        }
-    }
 }

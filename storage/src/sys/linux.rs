@@ -64,6 +64,20 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Opens the file behind `file` a second time for writing with `O_DIRECT` (through
+/// `/proc/self/fd`, so it is the same inode even if the path was replaced since), so that large
+/// aligned writes go from our buffer to the device without a copy into the page cache.
+///
+/// # Errors
+/// `EINVAL` (see [`is_unsupported`]) where the file system has no direct I/O (tmpfs), or any
+/// error of `open` (no `/proc`).
+pub fn reopen_direct_for_writing(file: &File) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let flags = rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::CLOEXEC;
+    Ok(File::from(rustix::fs::open(path.as_str(), flags, rustix::fs::Mode::empty())?))
+}
+
 /// Fixes glibc's mmap threshold at its default 128 KiB, turning off its dynamic growth: once a
 /// large buffer (an 8 MiB conversion window) has been freed, glibc otherwise serves every later
 /// buffer up to that size from per-thread arenas and keeps the freed ones, so a streaming

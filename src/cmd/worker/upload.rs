@@ -1,10 +1,7 @@
-//! `diskplane worker ROLE`: the processes the Kubernetes controller runs in worker Pods, usable
-//! by hand too.
-//!
-//! - `upload-server`: CDI's upload server for one volume (file or block device), the
-//!   `cdi-upload-<pvc>` Pod's job. Prints `listening on http(s)://ADDR` on stdout once ready.
-//! - `upload-token`: prints an upload token signed with the same key (for scripts and tests;
-//!   the embedded server issues tokens through `UploadTokenRequest`).
+//! `diskplane worker upload-server` (CDI's upload server for one volume, file or block device:
+//! the `cdi-upload-<pvc>` Pod's job; prints `listening on http(s)://ADDR` on stdout once ready)
+//! and `upload-token` (prints an upload token signed with the same key, for scripts and tests;
+//! the embedded server issues tokens through `UploadTokenRequest`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,30 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Subcommand;
 use storage::CreateOptions;
 use uploader::backend::{SingleVolumeBackend, UploadTarget, VolumeState};
 use uploader::server::{DEFAULT_IDLE_TIMEOUT, ServerConfig};
 use uploader::token::{Claims, TokenKey, unix_now};
 
+use super::result::Outcome;
+use super::{ReportArgs, metrics, volume_sizes};
 use crate::size;
 
 #[derive(Debug, clap::Args)]
-pub struct WorkerArgs {
-    #[command(subcommand)]
-    role: Role,
-}
-
-#[derive(Debug, Subcommand)]
-enum Role {
-    /// Receive one upload into a volume (CDI's upload server; 409 once uploaded).
-    UploadServer(UploadServerArgs),
-    /// Print an upload token for NAMESPACE/NAME signed with the key file.
-    UploadToken(UploadTokenArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct UploadServerArgs {
+pub struct UploadServerArgs {
     /// The volume: a block device (written in place) or a file (written under a temporary
     /// name and renamed into place once complete).
     #[arg(long)]
@@ -75,10 +59,18 @@ struct UploadServerArgs {
     /// Exit 0 once an upload succeeded (like CDI's upload Pod).
     #[arg(long)]
     exit_on_success: bool,
+    #[command(flatten)]
+    report: ReportArgs,
+}
+
+impl UploadServerArgs {
+    pub(super) fn report(&self) -> &ReportArgs {
+        &self.report
+    }
 }
 
 #[derive(Debug, clap::Args)]
-struct UploadTokenArgs {
+pub struct UploadTokenArgs {
     /// The key file the server uses.
     #[arg(long)]
     token_key: PathBuf,
@@ -93,14 +85,9 @@ struct UploadTokenArgs {
     ttl: Duration,
 }
 
-pub fn run(args: &WorkerArgs) -> Result<()> {
-    match &args.role {
-        Role::UploadServer(args) => upload_server(args),
-        Role::UploadToken(args) => upload_token(args),
-    }
-}
-
-fn upload_server(args: &UploadServerArgs) -> Result<()> {
+/// Serves until an upload succeeded (with --exit-on-success) or forever; the outcome describes
+/// the uploaded volume.
+pub fn upload_server(args: &UploadServerArgs) -> Result<Outcome> {
     let key = TokenKey::from_file(&args.token_key).map_err(anyhow::Error::msg)?;
     let max_size = match args.size {
         Some(size) => size,
@@ -125,6 +112,8 @@ fn upload_server(args: &UploadServerArgs) -> Result<()> {
     let target =
         UploadTarget { path: args.volume.clone(), max_size, scratch_dir, create: CreateOptions::default() };
     let backend = Arc::new(SingleVolumeBackend::new(&args.namespace, &name, target));
+    let watched = Arc::clone(&backend);
+    args.report.start_metrics(metrics::Role::Upload, Arc::new(move || (watched.received(), None)))?;
     let (tls, ca_pem) = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let config = uploader::tls::server_config(cert, key)?;
@@ -160,11 +149,12 @@ fn upload_server(args: &UploadServerArgs) -> Result<()> {
         },
         shutdown,
     )?;
-    Ok(())
+    let (virtual_size, allocated_bytes) = volume_sizes(&args.volume)?;
+    Ok(Outcome { virtual_size, allocated_bytes, sha256: None })
 }
 
 /// The size of an existing volume: a block device's size or a file's length.
-fn existing_size(volume: &Path) -> Result<u64> {
+pub(super) fn existing_size(volume: &Path) -> Result<u64> {
     if storage::is_block_device(volume) {
         let file = std::fs::File::open(volume).with_context(|| format!("opening {}", volume.display()))?;
         use std::io::Seek;
@@ -182,7 +172,7 @@ fn existing_size(volume: &Path) -> Result<u64> {
     }
 }
 
-fn upload_token(args: &UploadTokenArgs) -> Result<()> {
+pub fn upload_token(args: &UploadTokenArgs) -> Result<()> {
     let key = TokenKey::from_file(&args.token_key).map_err(anyhow::Error::msg)?;
     let token = key.issue(&Claims::upload(&args.namespace, &args.name, unix_now(), args.ttl));
     println!("{token}");

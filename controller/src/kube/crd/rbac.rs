@@ -1,0 +1,77 @@
+//! What each cluster component may do: the single list `deploy/rbac.yaml` is checked against
+//! (a test compares the ClusterRoles rule by rule). When the kube driver starts using another
+//! resource or verb, add it here and to `deploy/rbac.yaml`; the test says which one is missing.
+//!
+//! Least privilege: the controller gets exactly what it reads and writes; the upload proxy only
+//! looks up claims; worker pods get no API access at all (their ServiceAccount has no role and
+//! no token is mounted).
+
+/// One `rules[]` entry of a ClusterRole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// `""` for the core group.
+    pub api_group: &'static str,
+    pub resources: &'static [&'static str],
+    pub verbs: &'static [&'static str],
+}
+
+const READ: &[&str] = &["get", "list", "watch"];
+const MANAGE: &[&str] = &["get", "list", "watch", "create", "update", "patch", "delete"];
+
+/// The ClusterRole `diskplane-controller`.
+pub const CONTROLLER: &[Rule] = &[
+    // The four kinds it reconciles (a DataImportCron creates DataVolumes and keeps a DataSource;
+    // a StorageProfile is created per StorageClass).
+    Rule {
+        api_group: "cdi.kubevirt.io",
+        resources: &["datavolumes", "datasources", "dataimportcrons", "storageprofiles"],
+        verbs: MANAGE,
+    },
+    Rule {
+        api_group: "cdi.kubevirt.io",
+        resources: &[
+            "datavolumes/status",
+            "datasources/status",
+            "dataimportcrons/status",
+            "storageprofiles/status",
+        ],
+        verbs: &["get", "update", "patch"],
+    },
+    // Owner references with blockOwnerDeletion need `update` on the owner's finalizers
+    // (OwnerReferencesPermissionEnforcement).
+    Rule {
+        api_group: "cdi.kubevirt.io",
+        resources: &["datavolumes/finalizers", "dataimportcrons/finalizers"],
+        verbs: &["update"],
+    },
+    // The volume (and scratch volume) of each DataVolume.
+    Rule { api_group: "", resources: &["persistentvolumeclaims"], verbs: MANAGE },
+    // Worker pods and the Service in front of an upload pod; never updated in place.
+    Rule {
+        api_group: "",
+        resources: &["pods", "services"],
+        verbs: &["get", "list", "watch", "create", "delete"],
+    },
+    // The upload server's token key and a host-assisted clone's shared token, one Secret per
+    // DataVolume (and per namespace of a clone); read back only by name, never listed.
+    Rule { api_group: "", resources: &["secrets"], verbs: &["get", "create", "delete"] },
+    // Events on DataVolumes (kube-rs' recorder writes events.k8s.io/v1).
+    Rule { api_group: "events.k8s.io", resources: &["events"], verbs: &["create", "patch"] },
+    // Binding mode (WaitForFirstConsumer) and provisioner of a claim's class.
+    Rule { api_group: "storage.k8s.io", resources: &["storageclasses"], verbs: READ },
+    // `snapshot` clones: a VolumeSnapshot of the source, restored into the target.
+    Rule {
+        api_group: "snapshot.storage.k8s.io",
+        resources: &["volumesnapshots"],
+        verbs: &["get", "list", "watch", "create", "delete"],
+    },
+    Rule { api_group: "snapshot.storage.k8s.io", resources: &["volumesnapshotclasses"], verbs: READ },
+    // Cross-namespace clones: may the DataVolume's creator read `datavolumes/source` there?
+    Rule { api_group: "authorization.k8s.io", resources: &["subjectaccessreviews"], verbs: &["create"] },
+];
+
+/// The ClusterRole `diskplane-upload-proxy`: finds the claim an upload token names.
+pub const UPLOAD_PROXY: &[Rule] = &[
+    Rule { api_group: "", resources: &["persistentvolumeclaims"], verbs: &["get"] },
+    Rule { api_group: "cdi.kubevirt.io", resources: &["datavolumes"], verbs: &["get"] },
+];

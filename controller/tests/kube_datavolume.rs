@@ -1,0 +1,1114 @@
+//! The kube driver's DataVolume reconcile against a mock API server (`tower-test`), scenario by
+//! scenario: the informer caches hold the observed world, the mock asserts every request the
+//! reconcile makes (method, path, body) in order and answers it. Events (best effort,
+//! `events.k8s.io`) are answered and recorded wherever they come.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use controller::api::Timestamp;
+use controller::kube::build::ClusterConfig;
+use controller::kube::reconcile::{Caches, Context, ProgressReader, reconcile};
+use controller::kube::resource::{
+    DataSourceObject, DataVolumeObject, StorageProfileObject, data_sources, data_volumes, storage_profiles,
+};
+use http::{Method, Request, Response};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde_json::{Value, json};
+
+const NOW: i64 = 1_795_336_088;
+const NOW_TEXT: &str = "2026-11-22T08:28:08Z";
+
+/// What one expected request must look like, and the answer.
+struct Expect {
+    method: Method,
+    /// Path without the query.
+    path: &'static str,
+    body: BodyCheck,
+    status: u16,
+    reply: Reply,
+}
+
+enum BodyCheck {
+    Exact(Value),
+    /// JSON pointers and the values they must have.
+    Fields(Vec<(&'static str, Value)>),
+    /// JSON pointers that must be absent.
+    FieldsAndAbsent(Vec<(&'static str, Value)>, Vec<&'static str>),
+}
+
+enum Reply {
+    /// Echo the request body.
+    Echo,
+    Json(Value),
+}
+
+fn expect(method: Method, path: &'static str, body: BodyCheck) -> Expect {
+    Expect { method, path, body, status: 200, reply: Reply::Echo }
+}
+
+impl Expect {
+    fn reply(mut self, status: u16, reply: Value) -> Expect {
+        self.status = status;
+        self.reply = Reply::Json(reply);
+        self
+    }
+    fn created(mut self) -> Expect {
+        self.status = 201;
+        self
+    }
+}
+
+/// What the mock saw besides the expected requests.
+#[derive(Debug, Default)]
+struct Seen {
+    /// `(type, reason, note)` of each event.
+    events: Vec<(String, String, Option<String>)>,
+    unexpected: Vec<String>,
+    missing: Vec<String>,
+}
+
+fn check_body(check: &BodyCheck, body: &Value, what: &str) {
+    match check {
+        BodyCheck::Exact(expected) => assert_eq!(body, expected, "{what}: body"),
+        BodyCheck::Fields(fields) => {
+            for (pointer, expected) in fields {
+                assert_eq!(body.pointer(pointer), Some(expected), "{what}: {pointer} in {body:#}");
+            }
+        }
+        BodyCheck::FieldsAndAbsent(fields, absent) => {
+            check_body(&BodyCheck::Fields(fields.clone()), body, what);
+            for pointer in absent {
+                assert!(body.pointer(pointer).is_none(), "{what}: {pointer} should be absent in {body:#}");
+            }
+        }
+    }
+}
+
+async fn serve(
+    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    expected: Vec<Expect>,
+) -> Seen {
+    let mut expected = expected.into_iter();
+    let mut seen = Seen::default();
+    while let Some((request, send)) = handle.next_request().await {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let bytes = request.into_body().collect_bytes().await.expect("request body");
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON request body")
+        };
+        if path.starts_with("/apis/events.k8s.io/v1/") {
+            seen.events.push((
+                body["type"].as_str().unwrap_or_default().to_owned(),
+                body["reason"].as_str().unwrap_or_default().to_owned(),
+                body["note"].as_str().map(str::to_owned),
+            ));
+            send.send_response(
+                Response::builder().status(201).body(Body::from(bytes.to_vec())).expect("response"),
+            );
+            continue;
+        }
+        let Some(exp) = expected.next() else {
+            seen.unexpected.push(format!("{method} {path} {body}"));
+            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500, "message": "unexpected", "reason": "InternalError"});
+            send.send_response(
+                Response::builder()
+                    .status(500)
+                    .body(Body::from(status.to_string().into_bytes()))
+                    .expect("response"),
+            );
+            continue;
+        };
+        let what = format!("{method} {path}");
+        assert_eq!((&method, path.as_str()), (&exp.method, exp.path), "request out of order");
+        check_body(&exp.body, &body, &what);
+        let reply = match exp.reply {
+            Reply::Echo => bytes.to_vec(),
+            Reply::Json(v) => v.to_string().into_bytes(),
+        };
+        send.send_response(Response::builder().status(exp.status).body(Body::from(reply)).expect("response"));
+    }
+    seen.missing = expected.map(|e| format!("{} {}", e.method, e.path)).collect();
+    seen
+}
+
+/// Progress the "metrics endpoint" of every running worker reports.
+struct FixedProgress(Option<f64>);
+
+impl ProgressReader for FixedProgress {
+    fn read<'a>(&'a self, _pod_ip: &'a str) -> Pin<Box<dyn Future<Output = Option<f64>> + Send + 'a>> {
+        let value = self.0;
+        Box::pin(async move { value })
+    }
+}
+
+/// The observed world.
+#[derive(Default)]
+struct World {
+    pvcs: Vec<Value>,
+    pods: Vec<Value>,
+    classes: Vec<Value>,
+    profiles: Vec<Value>,
+    data_sources: Vec<Value>,
+    data_volumes: Vec<Value>,
+    progress: Option<f64>,
+}
+
+fn fill<K>(mut writer: Writer<K>, objects: &[Value]) -> kube::runtime::reflector::Store<K>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned,
+    K::DynamicType: Clone + Eq + std::hash::Hash,
+{
+    for object in objects {
+        let object: K = serde_json::from_value(object.clone()).expect("fixture object");
+        writer.apply_watcher_event(&watcher::Event::Apply(object));
+    }
+    writer.as_reader()
+}
+
+fn default_world() -> World {
+    World {
+        classes: vec![json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "rbd", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "rbd.csi.ceph.com", "volumeBindingMode": "Immediate"
+        })],
+        profiles: vec![json!({
+            "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "StorageProfile",
+            "metadata": {"name": "rbd"}, "spec": {},
+            "status": {"storageClass": "rbd", "cloneStrategy": "csi-clone",
+                       "claimPropertySets": [{"accessModes": ["ReadWriteMany"], "volumeMode": "Block"}]}
+        })],
+        ..World::default()
+    }
+}
+
+/// Runs one reconcile of `dv` in `world` against the expectations.
+async fn run(world: World, dv: Value, expected: Vec<Expect>) -> (Action, Seen) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(serve(handle, expected));
+    let client = Client::new(service, "default");
+    let caches = Caches {
+        pvcs: fill::<PersistentVolumeClaim>(Writer::new(()), &world.pvcs),
+        pods: fill::<Pod>(Writer::new(()), &world.pods),
+        classes: fill::<StorageClass>(Writer::new(()), &world.classes),
+        profiles: fill::<StorageProfileObject>(Writer::new(storage_profiles()), &world.profiles),
+        data_sources: fill::<DataSourceObject>(Writer::new(data_sources()), &world.data_sources),
+        data_volumes: fill::<DataVolumeObject>(Writer::new(data_volumes()), &world.data_volumes),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), Reporter { controller: "diskplane".into(), instance: None }),
+        client,
+        config: ClusterConfig::new("quay.io/diskplane/diskplane:v1"),
+        caches,
+        progress: Arc::new(FixedProgress(world.progress)),
+        now: || Timestamp(NOW),
+        token_key: || Ok("00112233445566778899aabbccddeeff".to_owned()),
+    });
+    let object: DataVolumeObject = serde_json::from_value(dv).expect("fixture DataVolume");
+    let action = reconcile(Arc::new(object), ctx).await.expect("reconcile");
+    // Dropping the context drops the last client: the mock's request stream ends.
+    let seen = server.await.expect("mock API server");
+    assert!(seen.unexpected.is_empty(), "unexpected requests: {:#?}", seen.unexpected);
+    assert!(seen.missing.is_empty(), "requests not made: {:#?}", seen.missing);
+    (action, seen)
+}
+
+fn data_volume(spec: Value, status: Option<Value>) -> Value {
+    let mut dv = json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+        "metadata": {"name": "fedora", "namespace": "vms", "uid": "uid-1", "resourceVersion": "7"},
+        "spec": spec,
+    });
+    if let Some(status) = status {
+        dv["status"] = status;
+    }
+    dv
+}
+
+fn http_spec() -> Value {
+    json!({
+        "source": {"http": {"url": "https://images.example.org/fedora.qcow2"}},
+        "storage": {"resources": {"requests": {"storage": "10Gi"}}}
+    })
+}
+
+const DV_STATUS: &str = "/apis/cdi.kubevirt.io/v1beta1/namespaces/vms/datavolumes/fedora/status";
+const PVCS: &str = "/api/v1/namespaces/vms/persistentvolumeclaims";
+const PODS: &str = "/api/v1/namespaces/vms/pods";
+
+/// What the API server answers to a status patch: the DataVolume.
+fn patched(spec: Value) -> Value {
+    data_volume(spec, None)
+}
+
+fn bound_pvc(name: &str, namespace: &str, extra: Value) -> Value {
+    let mut pvc = json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": namespace,
+                     "annotations": {"diskplane.io/virtual-size": "10737418240"}},
+        "spec": {"accessModes": ["ReadWriteMany"], "volumeMode": "Block", "storageClassName": "rbd",
+                 "resources": {"requests": {"storage": "10Gi"}}},
+        "status": {"phase": "Bound", "capacity": {"storage": "10Gi"}}
+    });
+    merge(&mut pvc, extra);
+    pvc
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn condition(type_: &str, status: &str, reason: Option<&str>, message: Option<&str>) -> Value {
+    let mut c = json!({"type": type_, "status": status, "lastTransitionTime": NOW_TEXT, "lastHeartbeatTime": NOW_TEXT});
+    if let Some(r) = reason {
+        c["reason"] = json!(r);
+    }
+    if let Some(m) = message {
+        c["message"] = json!(m);
+    }
+    c
+}
+
+fn worker_pod(name: &str, namespace: &str, attempt: i32, status: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "annotations": {"diskplane.io/attempt": attempt.to_string()}},
+        "spec": {"containers": [{"name": "importer"}]},
+        "status": status
+    })
+}
+
+fn running_status(restarts: i32) -> Value {
+    json!({
+        "phase": "ImportScheduled", "claimName": "fedora", "progress": "N/A", "restartCount": restarts,
+        "conditions": [
+            condition("Bound", "True", Some("Bound"), Some("PVC fedora Bound")),
+            condition("Running", "False", Some("Pending"), Some("Worker is starting")),
+            condition("Ready", "False", None, None),
+        ]
+    })
+}
+
+#[tokio::test]
+async fn http_import_creates_the_pvc_rendered_from_the_storage_profile() {
+    let status = json!({"status": {
+        "claimName": "fedora", "phase": "Pending", "progress": "N/A", "restartCount": 0,
+        "conditions": [
+            condition("Bound", "False", Some("Pending"), Some("PVC fedora Pending")),
+            condition("Running", "False", None, None),
+            condition("Ready", "False", None, None),
+        ]
+    }});
+    let pvc = json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": "fedora", "namespace": "vms",
+            "labels": {"app": "containerized-data-importer", "app.kubernetes.io/managed-by": "diskplane"},
+            "annotations": {
+                "cdi.kubevirt.io/createdForDataVolume": "uid-1",
+                "cdi.kubevirt.io/storage.contentType": "kubevirt",
+                "cdi.kubevirt.io/storage.import.endpoint": "https://images.example.org/fedora.qcow2",
+                "cdi.kubevirt.io/storage.import.source": "http",
+                "diskplane.io/virtual-size": "10737418240"
+            },
+            "ownerReferences": [{"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "name": "fedora",
+                                 "uid": "uid-1", "controller": true, "blockOwnerDeletion": true}]
+        },
+        // Block from the profile: no filesystem overhead.
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10737418240"}},
+                 "storageClassName": "rbd", "volumeMode": "Block"}
+    });
+    let (action, seen) = run(
+        default_world(),
+        data_volume(http_spec(), None),
+        vec![
+            expect(Method::PATCH, DV_STATUS, BodyCheck::Exact(status)).reply(200, patched(http_spec())),
+            expect(Method::POST, PVCS, BodyCheck::Exact(pvc)).created(),
+        ],
+    )
+    .await;
+    assert_eq!(action, Action::await_change());
+    assert_eq!(seen.events, [("Normal".into(), "Pending".into(), None)]);
+}
+
+#[tokio::test]
+async fn filesystem_profiles_add_the_filesystem_overhead_to_the_request() {
+    let mut world = default_world();
+    world.profiles[0]["status"]["claimPropertySets"] =
+        json!([{"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}]);
+    run(
+        world,
+        data_volume(http_spec(), None),
+        vec![
+            expect(Method::PATCH, DV_STATUS, BodyCheck::Fields(vec![])).reply(200, patched(http_spec())),
+            expect(
+                Method::POST,
+                PVCS,
+                BodyCheck::Fields(vec![
+                    ("/spec/accessModes", json!(["ReadWriteOnce"])),
+                    ("/spec/volumeMode", json!("Filesystem")),
+                    // ceil(10 GiB / (1 - 0.055))
+                    ("/spec/resources/requests/storage", json!("11362347344")),
+                ]),
+            )
+            .created(),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_bound_pvc_gets_the_importer_pod_with_the_restricted_security_context() {
+    let mut world = default_world();
+    world.pvcs.push(bound_pvc("fedora", "vms", json!({})));
+    let pending = json!({"phase": "Pending", "claimName": "fedora", "progress": "N/A", "restartCount": 0, "conditions": [
+        condition("Bound", "False", Some("Pending"), Some("PVC fedora Pending")),
+        condition("Running", "False", None, None),
+        condition("Ready", "False", None, None),
+    ]});
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": "importer-fedora", "namespace": "vms",
+            "labels": {"app": "containerized-data-importer", "app.kubernetes.io/managed-by": "diskplane",
+                       "cdi.kubevirt.io": "importer", "prometheus.cdi.kubevirt.io": "true"},
+            "annotations": {"cdi.kubevirt.io/createdForDataVolume": "uid-1", "diskplane.io/attempt": "0",
+                            "sidecar.istio.io/inject": "false"},
+            "ownerReferences": [{"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "name": "fedora",
+                                 "uid": "uid-1", "controller": true, "blockOwnerDeletion": true}]
+        },
+        "spec": {
+            "automountServiceAccountToken": false,
+            "enableServiceLinks": false,
+            "restartPolicy": "Never",
+            "securityContext": {"fsGroup": 107, "runAsGroup": 107, "runAsNonRoot": true, "runAsUser": 107,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "importer",
+                "image": "quay.io/diskplane/diskplane:v1",
+                "args": ["worker", "import", "--volume", "/dev/cdi-block-volume"],
+                "env": [
+                    {"name": "OWNER_UID", "value": "uid-1"},
+                    {"name": "METRICS_LISTEN", "value": "0.0.0.0:8080"},
+                    {"name": "IMPORTER_IMAGE_SIZE", "value": "10737418240"},
+                    {"name": "IMPORTER_CONTENTTYPE", "value": "kubevirt"},
+                    {"name": "IMPORTER_SOURCE", "value": "http"},
+                    {"name": "IMPORTER_ENDPOINT", "value": "https://images.example.org/fedora.qcow2"}
+                ],
+                "ports": [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}],
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
+                                    "readOnlyRootFilesystem": true, "runAsGroup": 107, "runAsNonRoot": true,
+                                    "runAsUser": 107, "seccompProfile": {"type": "RuntimeDefault"}},
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "volumeDevices": [{"name": "cdi-data-vol", "devicePath": "/dev/cdi-block-volume"}],
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]
+            }],
+            "volumes": [
+                {"name": "cdi-data-vol", "persistentVolumeClaim": {"claimName": "fedora"}},
+                {"name": "tmp", "emptyDir": {}}
+            ]
+        }
+    });
+    let (action, seen) =
+        run(
+            world,
+            data_volume(http_spec(), Some(pending)),
+            vec![
+            expect(Method::PATCH, DV_STATUS, BodyCheck::Exact(json!({"status": {
+                "phase": "ImportScheduled", "claimName": "fedora", "progress": "N/A", "restartCount": 0,
+                "conditions": [
+                    condition("Bound", "True", Some("Bound"), Some("PVC fedora Bound")),
+                    condition("Running", "False", Some("Pending"), Some("Worker is starting")),
+                    condition("Ready", "False", None, None),
+                ]
+            }})))
+            .reply(200, patched(http_spec())),
+            expect(Method::POST, PODS, BodyCheck::Exact(pod)).created(),
+        ],
+        )
+        .await;
+    assert_eq!(action, Action::await_change());
+    assert_eq!(seen.events, [("Normal".into(), "ImportScheduled".into(), None)]);
+}
+
+#[tokio::test]
+async fn a_running_importer_reports_its_metrics_progress_and_is_polled_again() {
+    let mut world = default_world();
+    world.pvcs.push(bound_pvc("fedora", "vms", json!({})));
+    world.pods.push(worker_pod(
+        "importer-fedora",
+        "vms",
+        0,
+        json!({"phase": "Running", "podIP": "10.1.2.3"}),
+    ));
+    world.progress = Some(42.5);
+    let (action, seen) = run(
+        world,
+        data_volume(http_spec(), Some(running_status(0))),
+        vec![
+            expect(
+                Method::PATCH,
+                DV_STATUS,
+                BodyCheck::Fields(vec![
+                    ("/status/phase", json!("ImportInProgress")),
+                    ("/status/progress", json!("42.50%")),
+                    ("/status/conditions/1", condition("Running", "True", Some("Pod is running"), None)),
+                ]),
+            )
+            .reply(200, patched(http_spec())),
+        ],
+    )
+    .await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+    assert_eq!(seen.events, [("Normal".into(), "ImportInProgress".into(), None)]);
+}
+
+#[tokio::test]
+async fn a_succeeded_importer_makes_the_data_volume_succeed_and_is_deleted() {
+    let mut world = default_world();
+    world.pvcs.push(bound_pvc("fedora", "vms", json!({})));
+    world.pods.push(worker_pod("importer-fedora", "vms", 0, json!({"phase": "Succeeded"})));
+    let (action, seen) = run(
+        world,
+        data_volume(http_spec(), Some(running_status(0))),
+        vec![
+            expect(
+                Method::PATCH,
+                DV_STATUS,
+                BodyCheck::Fields(vec![
+                    ("/status/phase", json!("Succeeded")),
+                    ("/status/progress", json!("100.0%")),
+                    ("/status/conditions/2", condition("Ready", "True", None, None)),
+                ]),
+            )
+            .reply(200, patched(http_spec())),
+            expect(
+                Method::DELETE,
+                "/api/v1/namespaces/vms/pods/importer-fedora",
+                BodyCheck::Fields(vec![("/propagationPolicy", json!("Background"))]),
+            )
+            .reply(200, worker_pod("importer-fedora", "vms", 0, json!({"phase": "Succeeded"}))),
+        ],
+    )
+    .await;
+    assert_eq!(action, Action::await_change());
+    assert_eq!(seen.events, [("Normal".into(), "ImportSucceeded".into(), Some("Import successful".into()))]);
+}
+
+fn failed_importer(message: &str) -> Value {
+    worker_pod(
+        "importer-fedora",
+        "vms",
+        0,
+        json!({"phase": "Failed", "containerStatuses": [{
+            "name": "importer", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 1, "message": message}}
+        }]}),
+    )
+}
+
+#[tokio::test]
+async fn a_terminal_worker_failure_fails_the_data_volume_with_its_reason() {
+    let mut world = default_world();
+    world.pvcs.push(bound_pvc("fedora", "vms", json!({})));
+    world.pods.push(failed_importer(
+        r#"{"result":"Failed","reason":"ChecksumError","message":"sha256 does not match","retryable":false}"#,
+    ));
+    let (action, seen) = run(
+        world,
+        data_volume(http_spec(), Some(running_status(0))),
+        vec![
+            expect(
+                Method::PATCH,
+                DV_STATUS,
+                BodyCheck::Fields(vec![
+                    ("/status/phase", json!("Failed")),
+                    ("/status/restartCount", json!(0)),
+                    ("/status/conditions/1/reason", json!("ChecksumError")),
+                    ("/status/conditions/1/message", json!("sha256 does not match")),
+                ]),
+            )
+            .reply(200, patched(http_spec())),
+            expect(Method::DELETE, "/api/v1/namespaces/vms/pods/importer-fedora", BodyCheck::Fields(vec![]))
+                .reply(200, failed_importer("")),
+        ],
+    )
+    .await;
+    assert_eq!(action, Action::await_change());
+    assert_eq!(
+        seen.events,
+        [("Warning".into(), "ChecksumError".into(), Some("sha256 does not match".into()))]
+    );
+}
+
+#[tokio::test]
+async fn a_retryable_worker_failure_counts_a_restart_and_retries_after_the_back_off() {
+    let mut world = default_world();
+    world.pvcs.push(bound_pvc("fedora", "vms", json!({})));
+    world.pods.push(failed_importer(
+        r#"{"result":"Failed","reason":"Error","message":"HTTP 503 from images.example.org","retryable":true}"#,
+    ));
+    let (action, _) = run(
+        world,
+        data_volume(http_spec(), Some(running_status(0))),
+        vec![
+            expect(
+                Method::PATCH,
+                DV_STATUS,
+                BodyCheck::Fields(vec![
+                    ("/status/phase", json!("ImportInProgress")),
+                    ("/status/restartCount", json!(1)),
+                    ("/status/conditions/1/message", json!("HTTP 503 from images.example.org")),
+                ]),
+            )
+            .reply(200, patched(http_spec())),
+            expect(Method::DELETE, "/api/v1/namespaces/vms/pods/importer-fedora", BodyCheck::Fields(vec![]))
+                .reply(
+                    404,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+                                   "reason": "NotFound", "message": "gone"}),
+                ),
+        ],
+    )
+    .await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+}
+
+#[tokio::test]
+async fn an_upload_data_volume_gets_its_secret_service_and_upload_pod() {
+    let spec = json!({"source": {"upload": {}}, "storage": {"resources": {"requests": {"storage": "10Gi"}}}});
+    let mut world = default_world();
+    world.pvcs.push(bound_pvc("fedora", "vms", json!({})));
+    let pending = json!({"phase": "Pending", "claimName": "fedora", "progress": "N/A", "restartCount": 0});
+    let (_, seen) = run(
+        world,
+        data_volume(spec.clone(), Some(pending)),
+        vec![
+            expect(
+                Method::PATCH,
+                DV_STATUS,
+                BodyCheck::Fields(vec![("/status/phase", json!("UploadScheduled"))]),
+            )
+            .reply(200, patched(spec)),
+            expect(
+                Method::POST,
+                "/api/v1/namespaces/vms/secrets",
+                BodyCheck::Fields(vec![
+                    ("/metadata/name", json!("cdi-upload-fedora")),
+                    ("/stringData/token-key", json!("00112233445566778899aabbccddeeff")),
+                    ("/metadata/ownerReferences/0/uid", json!("uid-1")),
+                ]),
+            )
+            .created(),
+            expect(
+                Method::POST,
+                "/api/v1/namespaces/vms/services",
+                BodyCheck::Fields(vec![
+                    ("/metadata/name", json!("cdi-upload-fedora")),
+                    ("/spec/ports/0/targetPort", json!(8443)),
+                    ("/spec/selector/cdi.kubevirt.io~1uploadTarget", json!("cdi-upload-fedora")),
+                ]),
+            )
+            .created(),
+            expect(
+                Method::POST,
+                PODS,
+                BodyCheck::Fields(vec![
+                    ("/metadata/name", json!("cdi-upload-fedora")),
+                    ("/metadata/labels/cdi.kubevirt.io~1uploadTarget", json!("cdi-upload-fedora")),
+                    ("/spec/containers/0/args/1", json!("upload-server")),
+                    ("/spec/containers/0/securityContext/runAsUser", json!(107)),
+                    ("/spec/volumes/2/secret/secretName", json!("cdi-upload-fedora")),
+                ]),
+            )
+            .created(),
+        ],
+    )
+    .await;
+    assert_eq!(seen.events, [("Normal".into(), "UploadScheduled".into(), None)]);
+}
+
+const TOKEN: &str = "00112233445566778899aabbccddeeff";
+
+fn not_found(what: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+           "message": format!("{what} not found"), "reason": "NotFound"})
+}
+
+/// The exact Secret of a copy clone in `namespace`; `owned` when it is the DataVolume's.
+fn clone_secret(namespace: &str, owned: bool) -> Value {
+    let mut secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {
+            "name": "uid-1-clone-token", "namespace": namespace,
+            "labels": {"app": "containerized-data-importer", "app.kubernetes.io/managed-by": "diskplane",
+                       "cdi.kubevirt.io": "cdi-clone", "diskplane.io/clone-for": "uid-1"},
+        },
+        "stringData": {"token": TOKEN},
+        "type": "Opaque",
+    });
+    if owned {
+        secret["metadata"]["ownerReferences"] = json!([{
+            "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "name": "fedora", "uid": "uid-1",
+            "controller": true, "blockOwnerDeletion": true,
+        }]);
+    }
+    secret
+}
+
+const CLONE_SECRET_VOLUME: &str = "/spec/volumes/2";
+
+fn clone_secret_volume() -> Value {
+    json!({"name": "clone-token", "secret": {"secretName": "uid-1-clone-token", "defaultMode": 0o400}})
+}
+
+fn clone_spec(source_namespace: &str) -> Value {
+    json!({"source": {"pvc": {"namespace": source_namespace, "name": "golden"}}, "storage": {}})
+}
+
+#[tokio::test]
+async fn a_csi_clone_pvc_names_its_source_and_needs_no_worker_pod() {
+    let mut world = default_world();
+    world.pvcs.push(bound_pvc("golden", "vms", json!({})));
+    let (_, seen) = run(
+        world,
+        data_volume(clone_spec("vms"), None),
+        vec![
+            expect(Method::PATCH, DV_STATUS, BodyCheck::Fields(vec![("/status/phase", json!("Pending"))]))
+                .reply(200, patched(clone_spec("vms"))),
+            expect(
+                Method::POST,
+                PVCS,
+                BodyCheck::FieldsAndAbsent(
+                    vec![
+                        ("/spec/dataSource", json!({"kind": "PersistentVolumeClaim", "name": "golden"})),
+                        ("/spec/resources/requests/storage", json!("10737418240")),
+                        ("/spec/volumeMode", json!("Block")),
+                        ("/metadata/annotations/cdi.kubevirt.io~1cloneType", json!("csi-clone")),
+                        ("/metadata/annotations/k8s.io~1CloneRequest", json!("vms/golden")),
+                    ],
+                    vec!["/metadata/annotations/cdi.kubevirt.io~1cloneFallbackReason"],
+                ),
+            )
+            .created(),
+        ],
+    )
+    .await;
+    assert!(seen.events.iter().all(|e| e.1 != "CloneFallback"));
+}
+
+#[tokio::test]
+async fn a_csi_clone_succeeds_when_its_pvc_binds_without_any_pod() {
+    let mut world = default_world();
+    world.pvcs.push(bound_pvc("golden", "vms", json!({})));
+    world.pvcs.push(bound_pvc(
+        "fedora",
+        "vms",
+        json!({"metadata": {"annotations": {"cdi.kubevirt.io/cloneType": "csi-clone"}}}),
+    ));
+    let scheduled =
+        json!({"phase": "CloneScheduled", "claimName": "fedora", "progress": "N/A", "restartCount": 0});
+    let (action, seen) = run(
+        world,
+        data_volume(clone_spec("vms"), Some(scheduled)),
+        vec![
+            expect(Method::PATCH, DV_STATUS, BodyCheck::Fields(vec![("/status/phase", json!("Succeeded"))]))
+                .reply(200, patched(clone_spec("vms"))),
+        ],
+    )
+    .await;
+    assert_eq!(action, Action::await_change());
+    assert_eq!(seen.events[0].1, "CloneSucceeded");
+}
+
+#[tokio::test]
+async fn a_clone_between_storage_classes_falls_back_to_copy_with_the_reason() {
+    let mut world = default_world();
+    world.pvcs.push(bound_pvc(
+        "golden",
+        "vms",
+        json!({"spec": {"storageClassName": "nfs", "volumeMode": "Filesystem"}}),
+    ));
+    let (_, seen) = run(
+        world,
+        data_volume(clone_spec("vms"), None),
+        vec![
+            expect(Method::PATCH, DV_STATUS, BodyCheck::Fields(vec![("/status/phase", json!("Pending"))]))
+                .reply(200, patched(clone_spec("vms"))),
+            expect(
+                Method::POST,
+                PVCS,
+                BodyCheck::FieldsAndAbsent(
+                    vec![
+                        ("/metadata/annotations/cdi.kubevirt.io~1cloneType", json!("copy")),
+                        (
+                            "/metadata/annotations/cdi.kubevirt.io~1cloneFallbackReason",
+                            json!("csi-clone needs the same StorageClass: source nfs, target rbd"),
+                        ),
+                    ],
+                    vec!["/spec/dataSource"],
+                ),
+            )
+            .created(),
+        ],
+    )
+    .await;
+    assert!(seen.events.contains(&(
+        "Warning".into(),
+        "CloneFallback".into(),
+        Some("host-assisted copy: csi-clone needs the same StorageClass: source nfs, target rbd".into())
+    )));
+}
+
+#[tokio::test]
+async fn a_copy_clone_starts_the_source_pod_then_the_target_pod_at_the_source_address() {
+    let copy_pvc = json!({"metadata": {"annotations": {"cdi.kubevirt.io/cloneType": "copy"}}});
+    let scheduled = json!({"phase": "Pending", "claimName": "fedora", "progress": "N/A", "restartCount": 0});
+    // First pass: the source Pod.
+    let mut world = default_world();
+    world.pvcs.push(bound_pvc("golden", "vms", json!({"spec": {"storageClassName": "nfs"}})));
+    world.pvcs.push(bound_pvc("fedora", "vms", copy_pvc.clone()));
+    run(
+        world,
+        data_volume(clone_spec("vms"), Some(scheduled)),
+        vec![
+            expect(
+                Method::PATCH,
+                DV_STATUS,
+                BodyCheck::Fields(vec![("/status/phase", json!("CloneScheduled"))]),
+            )
+            .reply(200, patched(clone_spec("vms"))),
+            // The Secret before the Pods; one serves both in one namespace.
+            expect(
+                Method::GET,
+                "/api/v1/namespaces/vms/secrets/uid-1-clone-token",
+                BodyCheck::Fields(vec![]),
+            )
+            .reply(404, not_found("secrets \"uid-1-clone-token\"")),
+            expect(
+                Method::POST,
+                "/api/v1/namespaces/vms/secrets",
+                BodyCheck::Exact(clone_secret("vms", true)),
+            )
+            .created(),
+            expect(
+                Method::POST,
+                PODS,
+                BodyCheck::Fields(vec![
+                    ("/metadata/name", json!("uid-1-source-pod")),
+                    (
+                        "/spec/containers/0/args",
+                        json!([
+                            "worker",
+                            "clone-source",
+                            "--volume",
+                            "/dev/cdi-block-volume",
+                            "--listen",
+                            "0.0.0.0:8444",
+                            "--token-file",
+                            "/etc/diskplane/clone/token",
+                            "--insecure"
+                        ]),
+                    ),
+                    (CLONE_SECRET_VOLUME, clone_secret_volume()),
+                    (
+                        "/spec/volumes/0/persistentVolumeClaim",
+                        json!({"claimName": "golden", "readOnly": true}),
+                    ),
+                ]),
+            )
+            .created(),
+        ],
+    )
+    .await;
+    // Second pass: the source runs; the target connects to it.
+    let mut world = default_world();
+    world.pvcs.push(bound_pvc("golden", "vms", json!({"spec": {"storageClassName": "nfs"}})));
+    world.pvcs.push(bound_pvc("fedora", "vms", copy_pvc));
+    world.pods.push(worker_pod(
+        "uid-1-source-pod",
+        "vms",
+        0,
+        json!({"phase": "Running", "podIP": "10.9.8.7"}),
+    ));
+    let scheduled = json!({"phase": "CloneScheduled", "claimName": "fedora", "progress": "N/A", "restartCount": 0,
+    "conditions": [
+        condition("Bound", "True", Some("Bound"), Some("PVC fedora Bound")),
+        condition("Running", "False", Some("Pending"), Some("Worker is starting")),
+        condition("Ready", "False", None, None),
+    ]});
+    run(
+        world,
+        data_volume(clone_spec("vms"), Some(scheduled)),
+        vec![
+            expect(
+                Method::POST,
+                PODS,
+                BodyCheck::Fields(vec![
+                    ("/metadata/name", json!("cdi-clone-target-fedora")),
+                    (
+                        "/spec/containers/0/args",
+                        json!([
+                            "worker",
+                            "clone-target",
+                            "--volume",
+                            "/dev/cdi-block-volume",
+                            "--size",
+                            "10737418240",
+                            "--source-url",
+                            "tcp://10.9.8.7:8444",
+                            "--token-file",
+                            "/etc/diskplane/clone/token",
+                            "--insecure"
+                        ]),
+                    ),
+                    (CLONE_SECRET_VOLUME, clone_secret_volume()),
+                    ("/metadata/ownerReferences/0/uid", json!("uid-1")),
+                ]),
+            )
+            .created(),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_cross_namespace_clone_denied_by_subject_access_review_gets_no_pvc() {
+    let mut world = default_world();
+    world.pvcs.push(bound_pvc("golden", "golden-images", json!({})));
+    let message = "system:serviceaccount:vms:default may not create datavolumes/source in namespace golden-images \
+                   (clone of golden-images/golden): no RBAC policy matched";
+    let (action, seen) = run(
+        world,
+        data_volume(clone_spec("golden-images"), None),
+        vec![
+            expect(
+                Method::POST,
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                BodyCheck::Exact(json!({
+                    "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "metadata": {},
+                    "spec": {
+                        "user": "system:serviceaccount:vms:default",
+                        "groups": ["system:serviceaccounts", "system:serviceaccounts:vms"],
+                        "resourceAttributes": {"namespace": "golden-images", "verb": "create", "group": "cdi.kubevirt.io",
+                                               "resource": "datavolumes", "subresource": "source", "name": "golden"}
+                    }
+                })),
+            )
+            .reply(201, json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "metadata": {},
+                               "spec": {}, "status": {"allowed": false, "reason": "no RBAC policy matched"}})),
+            expect(
+                Method::PATCH,
+                DV_STATUS,
+                BodyCheck::Exact(json!({"status": {
+                    "claimName": "fedora", "phase": "Pending", "progress": "N/A", "restartCount": 0,
+                    "conditions": [
+                        condition("Bound", "False", Some("NotFound"), Some("No PVC found")),
+                        condition("Running", "False", None, None),
+                        condition("Ready", "False", Some("CloneUnauthorized"), Some(message)),
+                    ]
+                }})),
+            )
+            .reply(200, patched(clone_spec("golden-images"))),
+        ],
+    )
+    .await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    assert_eq!(seen.events, [("Warning".into(), "CloneUnauthorized".into(), Some(message.into()))]);
+}
+
+#[tokio::test]
+async fn an_allowed_cross_namespace_clone_falls_back_to_copy_and_adds_the_finalizer_for_its_source_pod() {
+    let mut world = default_world();
+    world.pvcs.push(bound_pvc("golden", "golden-images", json!({})));
+    world.pvcs.push(bound_pvc(
+        "fedora",
+        "vms",
+        json!({"metadata": {"annotations": {"cdi.kubevirt.io/cloneType": "copy"}}}),
+    ));
+    let pending = json!({"phase": "Pending", "claimName": "fedora", "progress": "N/A", "restartCount": 0});
+    run(
+        world,
+        data_volume(clone_spec("golden-images"), Some(pending)),
+        vec![
+            expect(Method::PATCH, DV_STATUS, BodyCheck::Fields(vec![("/status/phase", json!("CloneScheduled"))]))
+                .reply(200, patched(clone_spec("golden-images"))),
+            expect(
+                Method::PATCH,
+                "/apis/cdi.kubevirt.io/v1beta1/namespaces/vms/datavolumes/fedora",
+                BodyCheck::Exact(json!({"metadata": {"finalizers": ["cdi.kubevirt.io/dataVolumeFinalizer"], "resourceVersion": "7"}})),
+            )
+            .reply(200, patched(clone_spec("golden-images"))),
+            // Both Secrets before the Pod: the source namespace's first (not owned: owner
+            // references cannot cross namespaces), then the DataVolume's own.
+            expect(
+                Method::GET,
+                "/api/v1/namespaces/golden-images/secrets/uid-1-clone-token",
+                BodyCheck::Fields(vec![]),
+            )
+            .reply(404, not_found("secrets \"uid-1-clone-token\"")),
+            expect(
+                Method::POST,
+                "/api/v1/namespaces/golden-images/secrets",
+                BodyCheck::Exact(clone_secret("golden-images", false)),
+            )
+            .created(),
+            expect(Method::POST, "/api/v1/namespaces/vms/secrets", BodyCheck::Exact(clone_secret("vms", true)))
+                .created(),
+            expect(
+                Method::POST,
+                "/api/v1/namespaces/golden-images/pods",
+                BodyCheck::FieldsAndAbsent(
+                    vec![("/metadata/name", json!("uid-1-source-pod")), ("/metadata/namespace", json!("golden-images"))],
+                    vec!["/metadata/ownerReferences"],
+                ),
+            )
+            .created(),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_retried_cross_namespace_clone_keeps_the_token_of_the_existing_source_secret() {
+    // An earlier pass created the source namespace's Secret but not the target's: the target's
+    // gets the same token, never a fresh one the source Pod would refuse.
+    let mut world = default_world();
+    world.pvcs.push(bound_pvc("golden", "golden-images", json!({})));
+    world.pvcs.push(bound_pvc(
+        "fedora",
+        "vms",
+        json!({"metadata": {"annotations": {"cdi.kubevirt.io/cloneType": "copy"}}}),
+    ));
+    let pending = json!({"phase": "Pending", "claimName": "fedora", "progress": "N/A", "restartCount": 0});
+    let mut dv = data_volume(clone_spec("golden-images"), Some(pending));
+    dv["metadata"]["finalizers"] = json!(["cdi.kubevirt.io/dataVolumeFinalizer"]);
+    let mut existing = clone_secret("golden-images", false);
+    existing.as_object_mut().unwrap().remove("stringData");
+    existing["data"] = json!({"token": "ZWFybGllci10b2tlbg=="}); // "earlier-token"
+    let mut target = clone_secret("vms", true);
+    target["stringData"]["token"] = json!("earlier-token");
+    run(
+        world,
+        dv,
+        vec![
+            expect(
+                Method::PATCH,
+                DV_STATUS,
+                BodyCheck::Fields(vec![("/status/phase", json!("CloneScheduled"))]),
+            )
+            .reply(200, patched(clone_spec("golden-images"))),
+            expect(
+                Method::GET,
+                "/api/v1/namespaces/golden-images/secrets/uid-1-clone-token",
+                BodyCheck::Fields(vec![]),
+            )
+            .reply(200, existing),
+            expect(Method::POST, "/api/v1/namespaces/vms/secrets", BodyCheck::Exact(target)).reply(
+                409,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409,
+                                   "message": "already exists", "reason": "AlreadyExists"}),
+            ),
+            expect(
+                Method::POST,
+                "/api/v1/namespaces/golden-images/pods",
+                BodyCheck::Fields(vec![
+                    ("/metadata/name", json!("uid-1-source-pod")),
+                    (CLONE_SECRET_VOLUME, clone_secret_volume()),
+                ]),
+            )
+            .created(),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_a_cross_namespace_clone_removes_its_source_pod_then_the_finalizer() {
+    let mut dv = data_volume(clone_spec("golden-images"), Some(json!({"phase": "CloneInProgress"})));
+    dv["metadata"]["deletionTimestamp"] = json!(NOW_TEXT);
+    dv["metadata"]["finalizers"] = json!(["cdi.kubevirt.io/dataVolumeFinalizer", "other"]);
+    let (action, _) = run(
+        default_world(),
+        dv,
+        vec![
+            expect(
+                Method::DELETE,
+                "/api/v1/namespaces/golden-images/pods/uid-1-source-pod",
+                BodyCheck::Fields(vec![]),
+            )
+            .reply(200, worker_pod("uid-1-source-pod", "golden-images", 0, json!({}))),
+            expect(
+                Method::DELETE,
+                "/api/v1/namespaces/golden-images/secrets/uid-1-clone-token",
+                BodyCheck::Fields(vec![]),
+            )
+            .reply(200, clone_secret("golden-images", false)),
+            expect(
+                Method::PATCH,
+                "/apis/cdi.kubevirt.io/v1beta1/namespaces/vms/datavolumes/fedora",
+                BodyCheck::Exact(json!({"metadata": {"finalizers": ["other"], "resourceVersion": "7"}})),
+            )
+            .reply(200, patched(clone_spec("golden-images"))),
+        ],
+    )
+    .await;
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn deleting_a_data_volume_leaves_its_objects_to_owner_references() {
+    // Everything in the DataVolume's namespace is owned by it (see the exact PVC and Pod
+    // bodies above): garbage collection deletes them; the reconcile makes no request.
+    let mut world = default_world();
+    world.pvcs.push(bound_pvc("fedora", "vms", json!({})));
+    world.pods.push(worker_pod("importer-fedora", "vms", 0, json!({"phase": "Running"})));
+    let mut dv = data_volume(http_spec(), Some(running_status(0)));
+    dv["metadata"]["deletionTimestamp"] = json!(NOW_TEXT);
+    let (action, seen) = run(world, dv, vec![]).await;
+    assert_eq!(action, Action::await_change());
+    assert!(seen.events.is_empty());
+}
+
+#[tokio::test]
+async fn a_pvc_waiting_for_its_first_consumer_gets_no_worker() {
+    let mut world = default_world();
+    world.classes[0]["volumeBindingMode"] = json!("WaitForFirstConsumer");
+    world.pvcs.push(bound_pvc("fedora", "vms", json!({"status": {"phase": "Pending"}})));
+    let pending = json!({"phase": "Pending", "claimName": "fedora", "progress": "N/A", "restartCount": 0});
+    let (action, seen) = run(
+        world,
+        data_volume(http_spec(), Some(pending)),
+        vec![
+            expect(
+                Method::PATCH,
+                DV_STATUS,
+                BodyCheck::Fields(vec![("/status/phase", json!("WaitForFirstConsumer"))]),
+            )
+            .reply(200, patched(http_spec())),
+        ],
+    )
+    .await;
+    assert_eq!(action, Action::await_change());
+    assert_eq!(seen.events, [("Normal".into(), "WaitForFirstConsumer".into(), None)]);
+}
