@@ -419,7 +419,8 @@ fn no_worker_pod_binds_two_listeners_to_one_port() {
         ),
     ];
     for (dv, role) in roles {
-        let spec = WorkerSpec { dv: &dv, role, attempt: 0, block: false, virtual_size: 9, preallocate: false };
+        let spec =
+            WorkerSpec { dv: &dv, role, attempt: 0, block: false, virtual_size: 9, preallocate: false };
         let pod = serde_json::to_value(worker_pod(&config(), &spec)).unwrap();
         let ports = listen_port(&pod["spec"]["containers"][0]);
         assert_eq!(ports.len(), 2, "{ports:?}");
