@@ -16,6 +16,9 @@ mod common;
 mod registry;
 #[path = "peers/serve.rs"]
 mod serve;
+#[allow(dead_code)]
+#[path = "peers/tls.rs"]
+mod tls;
 
 use common::{run_ok, sha256_file};
 

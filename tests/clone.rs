@@ -11,6 +11,14 @@
 //! Tests needing what is missing are skipped with the reason printed. Needs openssl and
 //! xfsprogs (see `.ci/packages.txt`).
 
+#[allow(dead_code)]
+#[path = "peers/loopdev.rs"]
+mod loopdev;
+#[allow(dead_code)]
+#[path = "peers/tls.rs"]
+mod tls;
+
+use loopdev::LoopDevice;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -158,37 +166,6 @@ impl Drop for XfsMount {
     }
 }
 
-/// A loop device over a backing file, detached when dropped.
-struct LoopDevice {
-    path: PathBuf,
-}
-
-impl LoopDevice {
-    fn attach(backing: &Path) -> Option<Self> {
-        let out = match Command::new("losetup").args(["--find", "--show"]).arg(backing).output() {
-            Ok(out) => out,
-            Err(e) => {
-                eprintln!("skipping: cannot run losetup ({e})");
-                return None;
-            }
-        };
-        if !out.status.success() {
-            eprintln!("skipping: losetup failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-            return None;
-        }
-        Some(Self { path: String::from_utf8_lossy(&out.stdout).trim().into() })
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        match Command::new("losetup").arg("--detach").arg(&self.path).status() {
-            Ok(status) if status.success() => {}
-            other => eprintln!("warning: detaching {} failed: {other:?}", self.path.display()),
-        }
-    }
-}
-
 /// A test CA and a server certificate for 127.0.0.1 signed by it (rustls refuses a CA
 /// certificate used as the server's own), plus the token file.
 struct Pki {
@@ -203,67 +180,9 @@ impl Pki {
         }
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
-        std::fs::write(
-            d.join("leaf.ext"),
-            "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        )
-        .expect("ext");
+        tls::make_pki(d);
         std::fs::write(d.join("token"), format!("{TOKEN}\n")).expect("token");
         std::fs::write(d.join("wrong-token"), "not-the-token\n").expect("token");
-        let steps: [&[&str]; 3] = [
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=diskplane test CA",
-            ],
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "leaf.key",
-                "-out",
-                "leaf.csr",
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "leaf.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "leaf.pem",
-                "-days",
-                "2",
-                "-extfile",
-                "leaf.ext",
-            ],
-        ];
-        for args in steps {
-            let out = Command::new("openssl").args(args).current_dir(d).output().expect("openssl");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
         Some(Self { dir })
     }
 
@@ -287,7 +206,7 @@ impl SourceProcess {
             .arg("--token-file")
             .arg(pki.path("token"));
         if tls {
-            cmd.arg("--tls-cert").arg(pki.path("leaf.pem")).arg("--tls-key").arg(pki.path("leaf.key"));
+            cmd.arg("--tls-cert").arg(pki.path("tls.crt")).arg("--tls-key").arg(pki.path("tls.key"));
         } else {
             cmd.arg("--insecure");
         }
@@ -385,7 +304,7 @@ fn receive_cmd(url: &str, dst: &Path, pki: &Pki, token: &str) -> Command {
         .args(["--timeout", "20", "-o", "json", "--token-file"])
         .arg(pki.path(token));
     if url.starts_with("tls://") {
-        cmd.arg("--ca-cert").arg(pki.path("ca.pem"));
+        cmd.arg("--ca-cert").arg(pki.path("ca.crt"));
     } else {
         cmd.arg("--insecure");
     }
@@ -514,17 +433,21 @@ fn block_device_target_is_written_by_read_write_with_holes_zeroed() {
     // The device starts full of 0xff: every hole of the source must be zeroed on it.
     let backing = dir.path().join("backing.img");
     std::fs::write(&backing, vec![0xff; 40 * MIB as usize]).expect("backing");
-    let Some(device) = LoopDevice::attach(&backing) else { return };
+    let Some(device) =
+        LoopDevice::attach("block_device_target_is_written_by_read_write_with_holes_zeroed", &backing)
+    else {
+        return;
+    };
 
-    let report = json(&run(diskplane().args(["clone", "-o", "json"]).arg(&src).arg(&device.path)));
+    let report = json(&run(diskplane().args(["clone", "-o", "json"]).arg(&src).arg(device.path())));
 
     assert_eq!(report["strategy"], "sparse-copy", "{report}");
     assert_eq!(report["method"], "read/write");
     assert_eq!(report["targetSize"], 40 * MIB);
     assert_eq!(report["targetAllocated"], serde_json::Value::Null);
-    assert_eq!(sha256(&device.path, 32 * MIB), sha256(&src, 32 * MIB));
+    assert_eq!(sha256(device.path(), 32 * MIB), sha256(&src, 32 * MIB));
     let mut tail = vec![0xffu8; 8 * MIB as usize];
-    File::open(&device.path).expect("open").read_exact_at(&mut tail, 32 * MIB).expect("read");
+    File::open(device.path()).expect("open").read_exact_at(&mut tail, 32 * MIB).expect("read");
     assert!(tail.iter().all(|&b| b == 0), "the device's tail past the source is not zeroed");
 }
 

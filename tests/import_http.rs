@@ -10,11 +10,14 @@
 mod common;
 #[path = "peers/flaky.rs"]
 mod flaky;
+#[allow(dead_code)]
+#[path = "peers/nginx.rs"]
+mod nginx;
 
-use common::{free_port, run_ok, sha256_file};
-use std::net::TcpStream;
+use common::{run_ok, sha256_file};
+use nginx::Nginx;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -138,87 +141,6 @@ fn oracle(name: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// nginx, one per test.
-
-struct Nginx {
-    child: Child,
-    dir: tempfile::TempDir,
-    http: u16,
-    https: u16,
-}
-
-impl Nginx {
-    fn start() -> Self {
-        let www = images();
-        let mut last = String::new();
-        for _ in 0..3 {
-            let dir = tempfile::tempdir().expect("nginx dir");
-            let (http, https) = (free_port(), free_port());
-            let mut child = Command::new("bash")
-                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/nginx.sh"))
-                .arg(dir.path())
-                .arg(www)
-                .arg(http.to_string())
-                .arg(https.to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("starting tests/peers/nginx.sh (is nginx installed?)");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(status)) = child.try_wait() {
-                    last = format!("nginx exited with {status}: {}", read(&dir.path().join("error.log")));
-                    break;
-                }
-                if accepts(http) && accepts(https) {
-                    return Self { child, dir, http, https };
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("nginx did not start: {last}");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/{path}", self.http)
-    }
-
-    fn https_url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}/{path}", self.https)
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("tls/ca.crt")
-    }
-
-    fn password_file(&self) -> PathBuf {
-        self.dir.path().join("password")
-    }
-
-    /// Access log lines: `STATUS METHOD URI range=RANGE`.
-    fn access_log(&self) -> Vec<String> {
-        read(&self.dir.path().join("access.log")).lines().map(str::to_owned).collect()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn accepts(port: u16) -> bool {
-    TcpStream::connect(("127.0.0.1", port)).is_ok()
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-// ---------------------------------------------------------------------------------------------
 // Running diskplane.
 
 struct Run {
@@ -275,7 +197,7 @@ fn bounded_ranges(log: &[String], uri: &str) -> Vec<String> {
 
 #[test]
 fn raw_image_streams_sparse_and_identical() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_dir, out) = out_dir();
     let run = import(&nginx.url("files/raw.img"), &out, &[]);
     assert_imported(&run, &out, "raw.img");
@@ -286,21 +208,21 @@ fn raw_image_streams_sparse_and_identical() {
 
 #[test]
 fn gzip_raw_streams_identical() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_dir, out) = out_dir();
     assert_imported(&import(&nginx.url("files/raw.img.gz"), &out, &[]), &out, "raw.img.gz");
 }
 
 #[test]
 fn xz_raw_streams_identical() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_dir, out) = out_dir();
     assert_imported(&import(&nginx.url("files/raw.img.xz"), &out, &[]), &out, "raw.img.xz");
 }
 
 #[test]
 fn zstd_raw_streams_identical() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_dir, out) = out_dir();
     assert_imported(&import(&nginx.url("files/raw.img.zst"), &out, &[]), &out, "raw.img.zst");
 }
@@ -310,7 +232,7 @@ fn zstd_raw_streams_identical() {
 
 #[test]
 fn qcow2_is_read_in_place_with_range_requests() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_dir, out) = out_dir();
     assert_imported(&import(&nginx.url("files/img.qcow2"), &out, &[]), &out, "img.qcow2");
     let log = nginx.access_log();
@@ -321,7 +243,7 @@ fn qcow2_is_read_in_place_with_range_requests() {
 
 #[test]
 fn compressed_cluster_qcow2_is_read_in_place_with_range_requests() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_dir, out) = out_dir();
     assert_imported(&import(&nginx.url("files/imgz.qcow2"), &out, &[]), &out, "imgz.qcow2");
     assert!(!bounded_ranges(&nginx.access_log(), "/files/imgz.qcow2").is_empty());
@@ -329,7 +251,7 @@ fn compressed_cluster_qcow2_is_read_in_place_with_range_requests() {
 
 #[test]
 fn qcow2_without_range_support_goes_through_scratch() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_dir, out) = out_dir();
     assert_imported(&import(&nginx.url("noranges/img.qcow2"), &out, &[]), &out, "img.qcow2");
     let log = nginx.access_log();
@@ -339,7 +261,7 @@ fn qcow2_without_range_support_goes_through_scratch() {
 
 #[test]
 fn gzip_wrapped_qcow2_goes_through_scratch() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_dir, out) = out_dir();
     assert_imported(&import(&nginx.url("files/img.qcow2.gz"), &out, &[]), &out, "img.qcow2");
     assert!(bounded_ranges(&nginx.access_log(), "/files/img.qcow2.gz").is_empty());
@@ -347,7 +269,7 @@ fn gzip_wrapped_qcow2_goes_through_scratch() {
 
 #[test]
 fn qcow2_with_a_checksum_is_hashed_in_one_sequential_pass() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_dir, out) = out_dir();
     let sum = format!("sha256:{}", sha256_file(&images().join("img.qcow2")));
     let run = import(&nginx.url("files/img.qcow2"), &out, &["--checksum", &sum]);
@@ -360,7 +282,7 @@ fn qcow2_with_a_checksum_is_hashed_in_one_sequential_pass() {
 
 #[test]
 fn https_with_the_test_ca_works() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_dir, out) = out_dir();
     let ca = nginx.ca();
     let run = import(&nginx.https_url("files/img.qcow2"), &out, &["--ca-cert", ca.to_str().expect("utf-8")]);
@@ -369,7 +291,7 @@ fn https_with_the_test_ca_works() {
 
 #[test]
 fn https_with_a_ca_directory_works() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_dir, out) = out_dir();
     let certs = tempfile::tempdir().expect("cert dir");
     std::fs::copy(nginx.ca(), certs.path().join("ca.crt")).expect("copying the CA");
@@ -383,7 +305,7 @@ fn https_with_a_ca_directory_works() {
 
 #[test]
 fn https_without_the_ca_fails_at_once_with_a_tls_error() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (dir, out) = out_dir();
     let started = Instant::now();
     let run = import(&nginx.https_url("files/raw.img.gz"), &out, &[]);
@@ -394,14 +316,14 @@ fn https_without_the_ca_fails_at_once_with_a_tls_error() {
 
 #[test]
 fn https_insecure_works_without_the_ca() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_dir, out) = out_dir();
     assert_imported(&import(&nginx.https_url("files/img.qcow2"), &out, &["--insecure"]), &out, "img.qcow2");
 }
 
 #[test]
 fn basic_auth_with_credentials_works() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_dir, out) = out_dir();
     let password = nginx.password_file();
     let run = import(
@@ -414,7 +336,7 @@ fn basic_auth_with_credentials_works() {
 
 #[test]
 fn basic_auth_without_credentials_is_401() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (dir, out) = out_dir();
     let url = nginx.url("auth/raw.img");
     let run = import(&url, &out, &[]);
@@ -423,7 +345,7 @@ fn basic_auth_without_credentials_is_401() {
 
 #[test]
 fn redirects_are_followed() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_dir, out) = out_dir();
     assert_imported(&import(&nginx.url("redirect/img.qcow2"), &out, &[]), &out, "img.qcow2");
     assert!(nginx.access_log().iter().any(|l| l.starts_with("302 GET /redirect/img.qcow2")));
@@ -431,7 +353,7 @@ fn redirects_are_followed() {
 
 #[test]
 fn missing_object_is_404_at_once() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (dir, out) = out_dir();
     let url = nginx.url("files/nope.img");
     let run = import(&url, &out, &[]);
@@ -444,7 +366,7 @@ fn missing_object_is_404_at_once() {
 
 #[test]
 fn matching_checksums_of_every_algorithm_pass() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let file = images().join("raw.img.xz");
     for (algo, tool) in
         [("sha256", "sha256sum"), ("sha512", "sha512sum"), ("sha1", "sha1sum"), ("md5", "md5sum")]
@@ -459,7 +381,7 @@ fn matching_checksums_of_every_algorithm_pass() {
 
 #[test]
 fn wrong_checksum_fails_with_exit_6_and_leaves_nothing() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (dir, out) = out_dir();
     let wrong = format!("sha256:{}", "0".repeat(64));
     let run = import(&nginx.url("files/raw.img.gz"), &out, &["--checksum", &wrong]);
@@ -469,7 +391,7 @@ fn wrong_checksum_fails_with_exit_6_and_leaves_nothing() {
 
 #[test]
 fn wrong_checksum_does_not_clobber_an_existing_output() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_dir, out) = out_dir();
     std::fs::write(&out, b"precious").expect("writing an existing output");
     let wrong = format!("md5:{}", "f".repeat(32));
@@ -483,7 +405,7 @@ fn wrong_checksum_does_not_clobber_an_existing_output() {
 
 #[test]
 fn raw_image_over_max_virtual_size_is_refused_before_downloading() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (dir, out) = out_dir();
     let run = import(&nginx.url("files/raw.img"), &out, &["--max-virtual-size", "16M"]);
     assert_failed(&run, 7, "exceeds the limit of 16777216 bytes", dir.path());
@@ -491,7 +413,7 @@ fn raw_image_over_max_virtual_size_is_refused_before_downloading() {
 
 #[test]
 fn compressed_raw_over_max_virtual_size_is_refused() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (dir, out) = out_dir();
     let run = import(&nginx.url("files/raw.img.zst"), &out, &["--max-virtual-size", "16M"]);
     assert_failed(&run, 7, "16777216", dir.path());
@@ -499,7 +421,7 @@ fn compressed_raw_over_max_virtual_size_is_refused() {
 
 #[test]
 fn qcow2_over_max_virtual_size_is_refused() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (dir, out) = out_dir();
     let run = import(&nginx.url("files/img.qcow2"), &out, &["--max-virtual-size", "16M"]);
     assert_failed(&run, 7, "exceeds the limit of 16777216 bytes", dir.path());
@@ -507,14 +429,14 @@ fn qcow2_over_max_virtual_size_is_refused() {
 
 #[test]
 fn stream_optimized_vmdk_goes_through_scratch() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_dir, out) = out_dir();
     assert_imported(&import(&nginx.url("files/img.vmdk"), &out, &[]), &out, "img.vmdk");
 }
 
 #[test]
 fn formats_we_do_not_read_are_refused_before_downloading() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (dir, out) = out_dir();
     let run = import(&nginx.url("files/img.qed"), &out, &[]);
     assert_failed(&run, 4, "image format qed is not supported", dir.path());
@@ -522,7 +444,7 @@ fn formats_we_do_not_read_are_refused_before_downloading() {
 
 #[test]
 fn qcow2_with_a_backing_file_is_denied() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (dir, out) = out_dir();
     let run = import(&nginx.url("files/hostile.qcow2"), &out, &[]);
     assert_failed(&run, 5, "backing file", dir.path());
@@ -603,7 +525,7 @@ fn an_object_that_changes_while_resuming_fails_at_once() {
 
 #[test]
 fn qcow2_with_a_backing_file_is_denied_without_range_support_too() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (dir, out) = out_dir();
     let run = import(&nginx.url("noranges/hostile.qcow2"), &out, &[]);
     assert_failed(&run, 5, "backing file", dir.path());
@@ -637,7 +559,7 @@ fn tree_listing(root: &Path) -> Vec<String> {
 
 #[test]
 fn archive_is_extracted_into_the_target_directory() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let dir = tempfile::tempdir().expect("output dir");
     let out = dir.path().join("fs");
     let run = import(&nginx.url("files/tree.tar.gz"), &out, &["--content-type", "archive"]);
@@ -655,7 +577,7 @@ fn archive_entries_leaving_the_target_are_refused_and_nothing_is_written() {
         ("traversal.tar", "\"../../evil\" leaves the target directory"),
         ("symlink-escape.tar", "links to /etc outside the target directory"),
     ] {
-        let nginx = Nginx::start();
+        let nginx = Nginx::start(images());
         let dir = tempfile::tempdir().expect("output dir");
         let run = import(
             &nginx.url(&format!("files/{name}")),
@@ -668,7 +590,7 @@ fn archive_entries_leaving_the_target_are_refused_and_nothing_is_written() {
 
 #[test]
 fn archive_with_a_wrong_checksum_leaves_the_target_untouched() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let dir = tempfile::tempdir().expect("output dir");
     let bad = format!("sha256:{}", "0".repeat(64));
     let run = import(
@@ -681,7 +603,7 @@ fn archive_with_a_wrong_checksum_leaves_the_target_untouched() {
 
 #[test]
 fn a_disk_image_is_not_an_archive() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let dir = tempfile::tempdir().expect("output dir");
     let run = import(&nginx.url("files/img.qcow2"), &dir.path().join("fs"), &["--content-type", "archive"]);
     assert_failed(&run, 3, "needs a tar archive, but the source holds qcow2", dir.path());

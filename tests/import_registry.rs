@@ -10,6 +10,9 @@
 mod common;
 #[path = "peers/registry.rs"]
 mod registry;
+#[allow(dead_code)]
+#[path = "peers/tls.rs"]
+mod tls;
 
 use common::{run_ok, sha256_file};
 use std::os::unix::fs::FileExt;

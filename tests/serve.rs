@@ -10,22 +10,29 @@
 #[path = "peers/common.rs"]
 mod common;
 #[allow(dead_code)]
+#[path = "peers/nginx.rs"]
+mod nginx;
+#[allow(dead_code)]
 #[path = "peers/registry.rs"]
 mod registry;
 #[path = "peers/serve.rs"]
 mod serve;
+#[allow(dead_code)]
+#[path = "peers/tls.rs"]
+mod tls;
 
 use common::{run_ok, sha256_file, sha256_prefix};
+use nginx::Nginx;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use serve::{DetachLoopsOnDrop, Serve, free_port, http};
+use serve::{DetachLoopsOnDrop, Serve, http};
 
 // ---------------------------------------------------------------------------------------------
 // Images, made once per target dir.
@@ -100,47 +107,6 @@ fn assert_ok(out: &Output) {
 // ---------------------------------------------------------------------------------------------
 // Peers
 
-/// nginx serving the image dir (`/files/NAME`).
-struct Nginx {
-    child: Child,
-    _dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Nginx {
-    fn start() -> Nginx {
-        let dir = tempfile::tempdir().expect("nginx dir");
-        let (port, tls_port) = (free_port(), free_port());
-        let child = Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/nginx.sh"))
-            .arg(dir.path())
-            .arg(images())
-            .arg(port.to_string())
-            .arg(tls_port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting tests/peers/nginx.sh (is nginx installed?)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http(port, "GET", "/files/raw.img.xz").0 != 200 {
-            assert!(Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Nginx { child, _dir: dir, port }
-    }
-
-    fn url(&self, name: &str) -> String {
-        format!("http://127.0.0.1:{}/files/{name}", self.port)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A data dir that outlives server processes.
 fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -170,13 +136,13 @@ fn condition<'a>(dv: &'a serde_json::Value, type_: &str) -> &'a serde_json::Valu
 
 #[test]
 fn http_qcow2_and_raw_xz_datavolumes_succeed_with_the_oracles_sha256() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_tmp, data) = data_dir();
     let server = Serve::start(&data, &[]);
     let manifest = format!(
         "{}---\n{}",
-        http_dv("from-qcow2", &nginx.url("img.qcow2"), "24Mi", ""),
-        http_dv("from-xz", &nginx.url("raw.img.xz"), "24Mi", "")
+        http_dv("from-qcow2", &nginx.file_url("img.qcow2"), "24Mi", ""),
+        http_dv("from-xz", &nginx.file_url("raw.img.xz"), "24Mi", "")
     );
     let out = server.apply(&manifest, &[]);
     assert_ok(&out);
@@ -245,10 +211,10 @@ fn blank_datavolume_is_a_sparse_zero_disk_of_the_requested_size() {
 
 #[test]
 fn archive_datavolume_is_extracted_into_the_volume_filesystem() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_tmp, data) = data_dir();
     let server = Serve::start(&data, &[]);
-    let manifest = http_dv("files", &nginx.url("tree.tar.gz"), "16Mi", "  contentType: archive\n");
+    let manifest = http_dv("files", &nginx.file_url("tree.tar.gz"), "16Mi", "  contentType: archive\n");
     assert_ok(&server.apply(&manifest, &[]));
     assert_ok(&server.wait("files", "60s"));
     let fs = server.disk("files").with_file_name("fs");
@@ -264,10 +230,10 @@ fn archive_datavolume_is_extracted_into_the_volume_filesystem() {
 
 #[test]
 fn a_disk_smaller_than_the_image_fails_without_a_volume() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_tmp, data) = data_dir();
     let server = Serve::start(&data, &[]);
-    assert_ok(&server.apply(&http_dv("small", &nginx.url("img.qcow2"), "16Mi", ""), &[]));
+    assert_ok(&server.apply(&http_dv("small", &nginx.file_url("img.qcow2"), "16Mi", ""), &[]));
     let out = server.wait("small", "120s");
     assert!(!out.status.success());
     assert!(stderr(&out).contains("DataVolume too small to contain image"), "{}", stderr(&out));
@@ -277,10 +243,10 @@ fn a_disk_smaller_than_the_image_fails_without_a_volume() {
 
 #[test]
 fn missing_source_fails_with_the_http_status_and_no_volume() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_tmp, data) = data_dir();
     let server = Serve::start(&data, &[]);
-    assert_ok(&server.apply(&http_dv("gone", &nginx.url("nothing-here.img"), "24Mi", ""), &[]));
+    assert_ok(&server.apply(&http_dv("gone", &nginx.file_url("nothing-here.img"), "24Mi", ""), &[]));
     let out = server.wait("gone", "120s");
     assert!(!out.status.success());
     let err = stderr(&out);
@@ -294,11 +260,11 @@ fn missing_source_fails_with_the_http_status_and_no_volume() {
 
 #[test]
 fn checksum_mismatch_fails_with_checksum_error() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_tmp, data) = data_dir();
     let server = Serve::start(&data, &[]);
     let wrong = format!("      checksum: sha256:{}\n", "0".repeat(64));
-    let manifest = http_dv("tampered", &nginx.url("raw.img.xz"), "24Mi", "")
+    let manifest = http_dv("tampered", &nginx.file_url("raw.img.xz"), "24Mi", "")
         .replace("\n  storage:", &format!("\n{wrong}  storage:"));
     assert_ok(&server.apply(&manifest, &[]));
     let out = server.wait("tampered", "120s");
@@ -518,7 +484,7 @@ fn kill_9_in_the_middle_of_an_import_restarts_it_from_clean_state() {
 
 #[test]
 fn eight_concurrent_datavolumes_succeed_with_bounded_server_memory() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_tmp, data) = data_dir();
     let server = Serve::start(&data, &["--workers", "3"]);
     let names: Vec<String> = (0..8).map(|i| format!("many-{i}")).collect();
@@ -527,7 +493,7 @@ fn eight_concurrent_datavolumes_succeed_with_bounded_server_memory() {
         .enumerate()
         .map(|(i, name)| {
             let image = if i % 2 == 0 { "img.qcow2" } else { "raw.img.xz" };
-            http_dv(name, &nginx.url(image), "24Mi", "")
+            http_dv(name, &nginx.file_url(image), "24Mi", "")
         })
         .collect();
     assert_ok(&server.apply(&manifest.join("---\n"), &[]));
@@ -545,10 +511,10 @@ fn eight_concurrent_datavolumes_succeed_with_bounded_server_memory() {
 
 #[test]
 fn pvc_clones_and_datasource_refs_copy_a_finished_volume() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_tmp, data) = data_dir();
     let server = Serve::start(&data, &[]);
-    assert_ok(&server.apply(&http_dv("golden", &nginx.url("img.qcow2"), "24Mi", ""), &[]));
+    assert_ok(&server.apply(&http_dv("golden", &nginx.file_url("img.qcow2"), "24Mi", ""), &[]));
     let clones = "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataSource\nmetadata:\n  name: golden-ds\nspec:\n  source:\n    pvc:\n      namespace: default\n      name: golden\n---\n\
 apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: bigger-copy\nspec:\n  source:\n    pvc:\n      namespace: default\n      name: golden\n  storage:\n    resources:\n      requests:\n        storage: 32Mi\n---\n\
 apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: from-ref\nspec:\n  sourceRef:\n    kind: DataSource\n    name: golden-ds\n  storage: {}\n";

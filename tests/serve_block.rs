@@ -9,43 +9,29 @@
 #[allow(dead_code)]
 #[path = "peers/common.rs"]
 mod common;
+#[allow(dead_code)]
+#[path = "peers/loopdev.rs"]
+mod loopdev;
+#[allow(dead_code)]
+#[path = "peers/nginx.rs"]
+mod nginx;
 #[path = "peers/serve.rs"]
 mod serve;
 
+use nginx::Nginx;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{run_ok, sha256_file, sha256_prefix};
 use serde_json::Value;
-use serve::{DetachLoopsOnDrop, Serve, free_port, http};
+use serve::{DetachLoopsOnDrop, Serve};
 
 const MIB: u64 = 1 << 20;
 /// Virtual size of the test disk.
 const DISK_SIZE: u64 = 24 * MIB;
-
-/// Whether loop devices can be attached here; prints why not (a visible skip, not a pass).
-fn loop_devices(test: &str) -> bool {
-    let problem = match std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control") {
-        Err(e) => Some(format!("/dev/loop-control: {e} (needs root and the loop driver)")),
-        Ok(_) if Command::new("losetup").arg("--version").output().is_err() => {
-            Some("losetup (util-linux) is not installed".to_owned())
-        }
-        Ok(_) => None,
-    };
-    match problem {
-        Some(why) => {
-            // Straight to the process's stderr, past libtest's capture, so that a skip shows
-            // in `cargo test` output (nextest: `--no-capture` or `--success-output immediate`).
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
-            false
-        }
-        None => true,
-    }
-}
 
 fn images() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -90,47 +76,6 @@ fn make_images(dir: &Path) {
 /// sha256 of `qemu-img convert -O raw` of the test disk (its whole virtual size).
 fn oracle() -> String {
     std::fs::read_to_string(images().join("sha256")).expect("oracle")
-}
-
-/// nginx serving the image dir (`/files/NAME`).
-struct Nginx {
-    child: Child,
-    _dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Nginx {
-    fn start() -> Nginx {
-        let dir = tempfile::tempdir().expect("nginx dir");
-        let (port, tls_port) = (free_port(), free_port());
-        let child = Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/nginx.sh"))
-            .arg(dir.path())
-            .arg(images())
-            .arg(port.to_string())
-            .arg(tls_port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting tests/peers/nginx.sh (is nginx installed?)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http(port, "GET", "/files/img.qcow2").0 != 200 {
-            assert!(Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Nginx { child, _dir: dir, port }
-    }
-
-    fn url(&self, name: &str) -> String {
-        format!("http://127.0.0.1:{}/files/{name}", self.port)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn data_dir() -> (tempfile::TempDir, PathBuf) {
@@ -224,15 +169,15 @@ fn wait_for(server: &Serve, name: &str, what: &str, check: impl Fn(&Value) -> bo
 
 #[test]
 fn http_qcow2_into_a_block_volume_survives_restart_and_reboot_and_delete_detaches() {
-    if !loop_devices("http_qcow2_into_a_block_volume") {
+    if !loopdev::usable("http_qcow2_into_a_block_volume") {
         return;
     }
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (tmp, data) = data_dir();
     let _detach = DetachLoopsOnDrop(data.clone());
     let server = Serve::start(&data, &[]);
     // 30 MiB: the device is larger than the image (24 MiB); the rest must read as zeros.
-    assert_ok(&server.apply(&dv("blk", &http_source(&nginx.url("img.qcow2")), "Block", "30Mi"), &[]));
+    assert_ok(&server.apply(&dv("blk", &http_source(&nginx.file_url("img.qcow2")), "Block", "30Mi"), &[]));
     assert_ok(&server.wait("blk", "120s"));
     let object = server.dv("blk");
     assert_eq!(phase(&object), "Succeeded");
@@ -288,7 +233,7 @@ fn http_qcow2_into_a_block_volume_survives_restart_and_reboot_and_delete_detache
 
 #[test]
 fn blank_block_volume_reads_zeros_and_allocates_nothing() {
-    if !loop_devices("blank_block_volume") {
+    if !loopdev::usable("blank_block_volume") {
         return;
     }
     let (_tmp, data) = data_dir();
@@ -307,14 +252,14 @@ fn blank_block_volume_reads_zeros_and_allocates_nothing() {
 
 #[test]
 fn image_larger_than_the_block_volume_fails_and_nothing_is_ready() {
-    if !loop_devices("image_larger_than_the_block_volume") {
+    if !loopdev::usable("image_larger_than_the_block_volume") {
         return;
     }
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_tmp, data) = data_dir();
     let _detach = DetachLoopsOnDrop(data.clone());
     let server = Serve::start(&data, &[]);
-    assert_ok(&server.apply(&dv("small", &http_source(&nginx.url("img.qcow2")), "Block", "16Mi"), &[]));
+    assert_ok(&server.apply(&dv("small", &http_source(&nginx.file_url("img.qcow2")), "Block", "16Mi"), &[]));
     let out = server.wait("small", "120s");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -329,16 +274,16 @@ fn image_larger_than_the_block_volume_fails_and_nothing_is_ready() {
 
 #[test]
 fn clone_block_to_filesystem_and_back_keeps_the_bytes() {
-    if !loop_devices("clone_block_to_filesystem_and_back") {
+    if !loopdev::usable("clone_block_to_filesystem_and_back") {
         return;
     }
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let (_tmp, data) = data_dir();
     let _detach = DetachLoopsOnDrop(data.clone());
     let server = Serve::start(&data, &[]);
     let manifest = format!(
         "{}---\n{}---\n{}",
-        dv("src", &http_source(&nginx.url("img.qcow2")), "Block", "24Mi"),
+        dv("src", &http_source(&nginx.file_url("img.qcow2")), "Block", "24Mi"),
         dv("as-file", &pvc_source("src"), "Filesystem", "24Mi"),
         dv("back", &pvc_source("as-file"), "Block", "24Mi"),
     );
@@ -377,7 +322,7 @@ fn curl(args: &[&str]) -> (u16, String) {
 
 #[test]
 fn upload_into_a_block_volume_writes_the_device() {
-    if !loop_devices("upload_into_a_block_volume") {
+    if !loopdev::usable("upload_into_a_block_volume") {
         return;
     }
     let (_tmp, data) = data_dir();

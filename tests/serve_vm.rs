@@ -13,19 +13,26 @@
 #[path = "peers/common.rs"]
 mod common;
 #[allow(dead_code)]
+#[path = "peers/nginx.rs"]
+mod nginx;
+#[allow(dead_code)]
 #[path = "peers/registry.rs"]
 mod registry;
 #[path = "peers/serve.rs"]
 mod serve;
+#[allow(dead_code)]
+#[path = "peers/tls.rs"]
+mod tls;
 
+use nginx::Nginx;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use serve::{Serve, free_port, http};
+use serve::{Serve, http};
 
 const MAKE_GUEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/make-guest.sh");
 /// Generous for TCG boots and imports on a loaded 2-core machine (not a timing assertion).
@@ -49,47 +56,6 @@ fn guest_dir() -> &'static Path {
         assert!(out.status.success(), "make-guest.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
         dir
     })
-}
-
-/// nginx serving the guest dir (`/files/disk.img`).
-struct Nginx {
-    child: Child,
-    _dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Nginx {
-    fn start() -> Nginx {
-        let dir = tempfile::tempdir().expect("nginx dir");
-        let (port, tls_port) = (free_port(), free_port());
-        let child = Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/nginx.sh"))
-            .arg(dir.path())
-            .arg(guest_dir())
-            .arg(port.to_string())
-            .arg(tls_port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting tests/peers/nginx.sh (is nginx installed?)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http(port, "GET", "/files/disk.img").0 != 200 {
-            assert!(Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Nginx { child, _dir: dir, port }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/files/disk.img", self.port)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `serve` with VMs on TCG booting the guest's kernel.
@@ -243,7 +209,7 @@ fn alive(pid: u32) -> bool {
 /// over QMP (Stopped, runStrategy Halted); then the volume can be deleted.
 #[test]
 fn a_vm_waits_for_its_datavolume_boots_on_it_and_stops_gracefully() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(guest_dir());
     let tmp = tempfile::tempdir().expect("tempdir");
     let server = start_serve(&tmp.path().join("data"));
     let _graceful = Graceful(&server);
@@ -264,7 +230,7 @@ fn a_vm_waits_for_its_datavolume_boots_on_it_and_stops_gracefully() {
         text(&out.stdout)
     );
 
-    assert_ok(&server.apply(&dv("golden", &nginx.url()), &[]));
+    assert_ok(&server.apply(&dv("golden", &nginx.file_url("disk.img")), &[]));
     let v = wait_status(&server, "vm1", "Running");
     assert_eq!(v["status"]["ready"], true, "{v}");
     let console = wait_console(&server, "vm1", "diskplane-guest: waiting for the power button", 1);
@@ -309,12 +275,12 @@ fn a_vm_waits_for_its_datavolume_boots_on_it_and_stops_gracefully() {
 /// again (it was asked to run); killing qemu under it (Manual: no restart) leaves it Failed.
 #[test]
 fn a_manual_vm_with_a_template_starts_on_request_and_survives_a_serve_restart() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(guest_dir());
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     let templates = format!(
         "  dataVolumeTemplates:\n    - metadata:\n        name: root-dv\n      spec:\n        source:\n          http:\n            url: {}\n        storage:\n          resources:\n            requests:\n              storage: 16Mi\n",
-        nginx.url()
+        nginx.file_url("disk.img")
     );
     let manifest = vm("man", "Manual", "          dataVolume:\n            name: root-dv", &templates);
     let pid = {
@@ -403,11 +369,11 @@ fn invalid_unready_and_unsupported_vms_say_why() {
 /// `serve` kills it and starts the Always VM again.
 #[test]
 fn after_kill_9_of_serve_the_next_serve_replaces_the_orphaned_qemu() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(guest_dir());
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     let server = start_serve(&data);
-    assert_ok(&server.apply(&dv("golden", &nginx.url()), &[]));
+    assert_ok(&server.apply(&dv("golden", &nginx.file_url("disk.img")), &[]));
     assert_ok(&vm_apply(&server, &vm("k9", "Always", "          dataVolume:\n            name: golden", "")));
     wait_status(&server, "k9", "Running");
     wait_console(&server, "k9", "diskplane-guest: waiting for the power button", 1);

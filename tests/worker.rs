@@ -11,14 +11,25 @@
 #[path = "peers/common.rs"]
 mod common;
 #[allow(dead_code)]
+#[path = "peers/loopdev.rs"]
+mod loopdev;
+#[allow(dead_code)]
+#[path = "peers/nginx.rs"]
+mod nginx;
+#[allow(dead_code)]
 #[path = "peers/registry.rs"]
 mod registry;
+#[allow(dead_code)]
+#[path = "peers/tls.rs"]
+mod tls;
 
+use loopdev::LoopDevice;
+use nginx::Nginx;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -95,58 +106,6 @@ fn zeros_sha256(len: u64) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // Peers.
-
-/// nginx serving the images over plain HTTP at `/files/`.
-struct Nginx {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-    https: u16,
-}
-
-impl Nginx {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("nginx dir");
-        let (port, https) = (free_port(), free_port());
-        let mut child = Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/nginx.sh"))
-            .arg(dir.path())
-            .arg(images())
-            .arg(port.to_string())
-            .arg(https.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting tests/peers/nginx.sh (is nginx installed?)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err()
-            || TcpStream::connect(("127.0.0.1", https)).is_err()
-        {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("nginx exited with {status}");
-            }
-            assert!(Instant::now() < deadline, "nginx did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, dir, port, https }
-    }
-
-    fn url(&self, name: &str) -> String {
-        format!("http://127.0.0.1:{}/files/{name}", self.port)
-    }
-
-    /// `https://…/PATH` (the test CA in `tls/ca.crt` signs the certificate).
-    fn https_url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}/{path}", self.https)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Serves `data` (200, no ranges) in two halves: the second only after [`Gated::open`], so a
 /// test can look at an import in the middle without racing it.
@@ -286,13 +245,13 @@ fn assert_failed(pod: &Pod, out: &Output, code: i32) -> serde_json::Value {
 
 #[test]
 fn http_qcow2_import_configured_by_env_matches_qemu_img_and_grows_to_the_size() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let pod = Pod::new();
     let out = pod
         .worker("import")
         .env("IMPORTER_VOLUME", pod.disk())
         .env("IMPORTER_SOURCE", "http")
-        .env("IMPORTER_ENDPOINT", nginx.url("img.qcow2"))
+        .env("IMPORTER_ENDPOINT", nginx.file_url("img.qcow2"))
         .env("IMPORTER_CONTENTTYPE", "kubevirt")
         .env("IMPORTER_IMAGE_SIZE", "32Mi")
         .env("INSECURE_TLS", "false")
@@ -319,8 +278,7 @@ fn http_qcow2_import_configured_by_env_matches_qemu_img_and_grows_to_the_size() 
 fn cert_and_secret_dirs(nginx: &Nginx, password: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("certs")).expect("certs dir");
-    std::fs::copy(nginx.dir.path().join("tls/ca.crt"), dir.path().join("certs/ca.crt"))
-        .expect("copying the CA");
+    std::fs::copy(nginx.ca(), dir.path().join("certs/ca.crt")).expect("copying the CA");
     std::fs::create_dir(dir.path().join("secret")).expect("secret dir");
     std::fs::write(dir.path().join("secret/accessKeyId"), "diskplane").expect("accessKeyId");
     std::fs::write(dir.path().join("secret/secretKey"), password).expect("secretKey");
@@ -329,8 +287,8 @@ fn cert_and_secret_dirs(nginx: &Nginx, password: &str) -> tempfile::TempDir {
 
 #[test]
 fn https_with_the_cert_dir_and_basic_auth_from_the_secret_dir() {
-    let nginx = Nginx::start();
-    let password = std::fs::read_to_string(nginx.dir.path().join("password")).expect("password");
+    let nginx = Nginx::start(images());
+    let password = std::fs::read_to_string(nginx.password_file()).expect("password");
     let dirs = cert_and_secret_dirs(&nginx, &password);
     let pod = Pod::new();
     let out = pod
@@ -349,7 +307,7 @@ fn https_with_the_cert_dir_and_basic_auth_from_the_secret_dir() {
 
 #[test]
 fn a_wrong_password_and_an_untrusted_certificate_are_terminal() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let dirs = cert_and_secret_dirs(&nginx, "wrong-password");
     let pod = Pod::new();
     let endpoint = nginx.https_url("auth/img.qcow2");
@@ -379,10 +337,11 @@ fn a_wrong_password_and_an_untrusted_certificate_are_terminal() {
 
 #[test]
 fn a_checksum_mismatch_is_terminal_with_cdis_reason() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let pod = Pod::new();
     let wrong = format!("sha256:{}", "0".repeat(64));
-    let out = pod.import(&["--source", "http", "--endpoint", &nginx.url("raw.img"), "--checksum", &wrong]);
+    let out =
+        pod.import(&["--source", "http", "--endpoint", &nginx.file_url("raw.img"), "--checksum", &wrong]);
     let result = assert_failed(&pod, &out, 6);
     assert_eq!(result["reason"], "ChecksumError");
     assert_eq!(result["retryable"], false);
@@ -390,9 +349,10 @@ fn a_checksum_mismatch_is_terminal_with_cdis_reason() {
 
 #[test]
 fn http_404_fails_terminally_naming_the_status() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let pod = Pod::new();
-    let out = pod.import(&["--source", "http", "--endpoint", &nginx.url("missing.qcow2"), "--size", "32M"]);
+    let out =
+        pod.import(&["--source", "http", "--endpoint", &nginx.file_url("missing.qcow2"), "--size", "32M"]);
     let result = assert_failed(&pod, &out, 1);
     assert_eq!(result["retryable"], false);
     assert_eq!(result["reason"], "Error");
@@ -411,9 +371,9 @@ fn connection_refused_fails_retryably() {
 
 #[test]
 fn an_image_larger_than_the_size_is_terminal_and_leaves_no_disk() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let pod = Pod::new();
-    let out = pod.import(&["--source", "http", "--endpoint", &nginx.url("img.qcow2"), "--size", "16Mi"]);
+    let out = pod.import(&["--source", "http", "--endpoint", &nginx.file_url("img.qcow2"), "--size", "16Mi"]);
     let result = assert_failed(&pod, &out, 7);
     assert_eq!(result["retryable"], false);
     let message = result["message"].as_str().unwrap_or_default();
@@ -446,14 +406,14 @@ fn blank_makes_a_sparse_zero_disk_of_the_size() {
 
 #[test]
 fn archive_is_extracted_beside_what_the_volume_already_holds() {
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let pod = Pod::new();
     std::fs::create_dir(pod.data.path().join("lost+found")).expect("lost+found");
     let out = pod.import(&[
         "--source",
         "http",
         "--endpoint",
-        &nginx.url("tree.tar.gz"),
+        &nginx.file_url("tree.tar.gz"),
         "--content-type",
         "archive",
         "--size",
@@ -505,79 +465,52 @@ fn registry_image_not_found_is_image_pull_failed() {
     assert_eq!(pod.left(), Vec::<String>::new());
 }
 
-/// A loop device over a file, detached on drop.
-struct Loop {
-    device: PathBuf,
-}
-
-impl Loop {
-    fn attach(backing: &Path) -> Option<Self> {
-        let out = Command::new("losetup").args(["-f", "--show"]).arg(backing).output().ok()?;
-        if !out.status.success() {
-            eprintln!("skipping: losetup failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-            return None;
-        }
-        Some(Self { device: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()) })
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
-    }
-}
-
 /// A 32 MiB loop device full of old data (0xaa), standing in for a Block PVC; `None` (with
 /// the reason printed) when this machine cannot make one.
-fn block_pvc(work: &Path) -> Option<Loop> {
-    // Loop devices need root (CAP_SYS_ADMIN).
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    if uid.as_deref() != Some("0") {
-        eprintln!("skipping: loop devices need root");
+fn block_pvc(test: &str, work: &Path) -> Option<LoopDevice> {
+    if !loopdev::usable(test) {
         return None;
     }
     let backing = work.join("pvc.img");
     std::fs::write(&backing, vec![0xaau8; (32 * MIB) as usize]).expect("backing file");
-    Loop::attach(&backing)
+    LoopDevice::attach(test, &backing)
 }
 
 #[test]
 fn blank_on_a_block_device_zeroes_all_of_it() {
+    const TEST: &str = "blank_on_a_block_device_zeroes_all_of_it";
     let work = tempfile::tempdir().expect("tempdir");
-    let Some(dev) = block_pvc(work.path()) else { return };
+    let Some(dev) = block_pvc(TEST, work.path()) else { return };
     let pod = Pod::new();
     let out = pod
         .worker("import")
         .arg("--volume")
-        .arg(&dev.device)
+        .arg(dev.path())
         .args(["--source", "blank"])
         .output()
         .expect("running diskplane");
     let result = assert_succeeded(&pod, &out);
-    assert_eq!(sha256_file(&dev.device), zeros_sha256(32 * MIB), "old data shows through the blank disk");
+    assert_eq!(sha256_file(dev.path()), zeros_sha256(32 * MIB), "old data shows through the blank disk");
     assert_eq!(result["virtualSize"], 32 * MIB);
 }
 
 #[test]
 fn import_onto_a_block_device_writes_the_image_and_zeroes_old_data() {
+    const TEST: &str = "import_onto_a_block_device_writes_the_image_and_zeroes_old_data";
     let work = tempfile::tempdir().expect("tempdir");
     // Old contents everywhere: holes of the image must read as zeros afterwards.
-    let Some(dev) = block_pvc(work.path()) else { return };
+    let Some(dev) = block_pvc(TEST, work.path()) else { return };
     let pod = Pod::new();
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(images());
     let out = pod
         .worker("import")
         .arg("--volume")
-        .arg(&dev.device)
-        .args(["--source", "http", "--endpoint", &nginx.url("img.qcow2")])
+        .arg(dev.path())
+        .args(["--source", "http", "--endpoint", &nginx.file_url("img.qcow2")])
         .output()
         .expect("running diskplane");
     let result = assert_succeeded(&pod, &out);
-    assert_eq!(sha256_prefix(&dev.device, DISK_SIZE), oracle(), "device content differs from qemu-img's");
+    assert_eq!(sha256_prefix(dev.path(), DISK_SIZE), oracle(), "device content differs from qemu-img's");
     assert_eq!(result["virtualSize"], 32 * MIB, "a device's size is the disk's");
 }
 
@@ -641,63 +574,9 @@ fn metrics_show_progress_in_the_middle_of_an_import() {
 // ---------------------------------------------------------------------------------------------
 // Clone between two worker processes.
 
-/// A test CA and a leaf for 127.0.0.1 (rustls refuses a self-signed leaf), and a token.
+/// A test CA, a leaf for 127.0.0.1 (`tls.crt`, `tls.key`, `ca.crt`), and a token.
 fn pki(dir: &Path) {
-    let openssl = |args: &[&str]| run_ok(Command::new("openssl").args(args).current_dir(dir));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=worker test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "tls.key",
-        "-out",
-        "tls.csr",
-    ]);
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
-         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
-    )
-    .expect("leaf.ext");
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "tls.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-        "-out",
-        "tls.crt",
-    ]);
+    tls::make_pki(dir);
     std::fs::write(dir.join("token"), "worker-clone-token\n").expect("token");
 }
 

@@ -3,7 +3,8 @@
 //! and htpasswd (bcrypt, from `htpasswd -B`) serving the same storage. Both are killed on drop.
 //! Images are pushed with `fixtures/make-containerdisk.py` over the registry's HTTP API.
 //!
-//! Needs docker-registry, apache2-utils (htpasswd), openssl, python3.
+//! Needs docker-registry, apache2-utils (htpasswd), openssl, python3, and the including test file
+//! must declare `tests/peers/tls.rs` as its module `tls` (the test PKI).
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -95,61 +96,7 @@ impl Registry {
         let dir = self.dir.path();
         let tls = dir.join("tls");
         std::fs::create_dir_all(&tls).expect("tls dir");
-        // rustls refuses a self-signed CA used as the server certificate: CA + leaf.
-        run_ok(Command::new("openssl").current_dir(&tls).args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=diskplane test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ]));
-        run_ok(Command::new("openssl").current_dir(&tls).args([
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ]));
-        std::fs::write(
-            tls.join("leaf.ext"),
-            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
-             extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
-        )
-        .expect("leaf.ext");
-        run_ok(Command::new("openssl").current_dir(&tls).args([
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            "server.crt",
-        ]));
+        let pki = crate::tls::make_pki(&tls);
         let password = "pw-".to_owned() + &self.port.to_string() + "-secret";
         std::fs::write(dir.join("password"), format!("{password}\n")).expect("password");
         let line = run_ok(Command::new("htpasswd").args(["-nbB", USER, &password]));
@@ -157,8 +104,8 @@ impl Registry {
         let port = free_port();
         let extra = format!(
             "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: diskplane-test\n    path: {}\n",
-            tls.join("server.crt").display(),
-            tls.join("server.key").display(),
+            pki.cert.display(),
+            pki.key.display(),
             dir.join("htpasswd").display()
         );
         let child = start(dir, "secure", port, &extra);
