@@ -1,7 +1,9 @@
 //! The generated CRDs against the world: every CDI example manifest of our kinds validates
 //! against them, wrong types are refused, the schemas are structural, `deploy/crds/` is what
 //! the generator prints, and `deploy/` passes an offline check (kinds, references, RBAC equal to
-//! `kube::crd::rbac`, pods meeting the restricted Pod Security Standard).
+//! `kube::crd::rbac`, pods meeting the restricted Pod Security Standard, every document surviving
+//! a round trip through its k8s-openapi type: the offline stand-in for `kubectl apply
+//! --dry-run=client`, which needs an API server).
 //!
 //! `shared/` is a sibling of the repository root (`/work/shared` beside `/work/main`, and
 //! beside the clone in CI), as for `cdi_examples.rs`.
@@ -566,4 +568,89 @@ fn kustomization_lists_every_manifest_and_the_dockerfile_builds_the_single_image
     assert!(lines.contains(&"FROM debian:bookworm-slim"), "runtime stage");
     assert!(lines.iter().any(|l| l.starts_with("USER 107")), "uid 107");
     assert!(lines.iter().any(|l| l.contains("--bin diskplane")), "builds the one binary");
+}
+
+/// `doc` read as the Kubernetes type `T` and written back: what `kubectl apply --dry-run=client`
+/// checks offline. A misspelled or misplaced field is dropped by the typed struct and shows up
+/// as a difference; a wrong type fails to parse.
+fn typed_round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
+    doc: &Value,
+) -> Result<Vec<String>, String> {
+    let typed: T = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
+    let back = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    let mut lost = Vec::new();
+    lost_fields(doc, &back, String::new(), &mut lost);
+    Ok(lost)
+}
+
+/// JSON pointers of the values of `original` that `back` lost or changed.
+fn lost_fields(original: &Value, back: &Value, at: String, lost: &mut Vec<String>) {
+    match (original, back) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                let path = format!("{at}/{key}");
+                match b.get(key) {
+                    Some(other) => lost_fields(value, other, path, lost),
+                    None => lost.push(path),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                lost_fields(x, y, format!("{at}/{i}"), lost);
+            }
+        }
+        (a, b) if a == b => {}
+        // Integers written as floats or the other way round are the same value to the server.
+        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => {}
+        _ => lost.push(at),
+    }
+}
+
+/// The typed round trip of one `deploy/` document, by kind.
+fn deploy_round_trip(doc: &Value) -> Result<Vec<String>, String> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    match doc["kind"].as_str().unwrap_or_default() {
+        "Namespace" => typed_round_trip::<Namespace>(doc),
+        "ServiceAccount" => typed_round_trip::<ServiceAccount>(doc),
+        "Service" => typed_round_trip::<Service>(doc),
+        "Deployment" => typed_round_trip::<Deployment>(doc),
+        "ClusterRole" => typed_round_trip::<ClusterRole>(doc),
+        "ClusterRoleBinding" => typed_round_trip::<ClusterRoleBinding>(doc),
+        "CustomResourceDefinition" => typed_round_trip::<CustomResourceDefinition>(doc),
+        other => Err(format!("no typed check for kind {other:?}")),
+    }
+}
+
+#[test]
+fn deploy_documents_survive_the_kubernetes_types() {
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for (file, doc) in deploy_documents() {
+        // kustomize's own file is read by kubectl, never sent to a server.
+        if doc["kind"] == "Kustomization" {
+            continue;
+        }
+        let name = str_at(&doc, "/metadata/name").to_owned();
+        match deploy_round_trip(&doc) {
+            Ok(lost) if lost.is_empty() => checked += 1,
+            Ok(lost) => problems.push(format!("{file}: {name}: fields the type does not know: {lost:?}")),
+            Err(e) => problems.push(format!("{file}: {name}: {e}")),
+        }
+    }
+    assert_eq!(problems, Vec::<String>::new());
+    assert!(checked >= 10, "only {checked} documents checked");
+    // The check catches a misspelled field and a wrong type.
+    let docs = deploy_documents();
+    let mut bad = docs.iter().find(|(_, d)| d["kind"] == "Deployment").expect("a Deployment").1.clone();
+    bad["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = json!("Always");
+    assert_eq!(
+        deploy_round_trip(&bad).expect("parses"),
+        vec!["/spec/template/spec/containers/0/imagePullPolcy".to_owned()]
+    );
+    bad["spec"]["replicas"] = json!("one");
+    assert!(deploy_round_trip(&bad).is_err());
 }
