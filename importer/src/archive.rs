@@ -5,7 +5,8 @@
 //! next to it and the staging directory is renamed onto the target only when the whole
 //! archive was read. Absolute paths, `..`, links that leave the target, links used as a
 //! path's parent, and device nodes are refused with a message naming the entry; a failed
-//! extraction removes the staging directory and leaves the target as it was.
+//! extraction removes the staging directory and leaves the target as it was. The extracted tree
+//! is made durable with one `syncfs` before the rename, not an fsync per file.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -75,6 +76,7 @@ pub fn extract_archive_then(
     let staging = staging_dir(target)?;
     let extracted = extract_into(reader, &staging, limits)
         .and_then(|stats| verify().map(|()| stats))
+        .and_then(|stats| sync_tree(&staging).map(|()| stats))
         .and_then(|stats| commit(&staging, target).map(|()| stats));
     match extracted {
         Ok(stats) => Ok(stats),
@@ -175,6 +177,17 @@ fn staging_dir(target: &Path) -> Result<PathBuf> {
     Ok(staging)
 }
 
+/// Makes everything extracted into `staging` durable with one `syncfs` of its filesystem,
+/// before the rename publishes it. One call instead of an fsync per file: an archive of
+/// thousands of small files spent most of its time waiting for those (2048 files of 64 KiB:
+/// 8.0 s uploaded vs 0.9 s for `tar -x`). It also flushes other dirty data of that filesystem,
+/// and since Linux 5.8 reports writeback errors of any file on it.
+fn sync_tree(staging: &Path) -> Result<()> {
+    File::open(staging)
+        .and_then(|dir| rustix::fs::syncfs(&dir).map_err(io::Error::from))
+        .map_err(|e| io_error(format!("syncing the file system of {}", staging.display()), e))
+}
+
 /// Moves the finished staging directory onto `target` and makes the rename durable.
 fn commit(staging: &Path, target: &Path) -> Result<()> {
     fs::set_permissions(staging, fs::Permissions::from_mode(0o755))
@@ -247,7 +260,6 @@ fn extract_into(reader: impl Read, root: &Path, limits: &ArchiveLimits) -> Resul
                         "archive entry {shown:?} is truncated: {written} of {expected} bytes"
                     )));
                 }
-                file.sync_all().map_err(|e| io_error(format!("syncing {shown:?}"), e))?;
                 stats.bytes += written;
                 stats.files += 1;
             }
