@@ -91,6 +91,7 @@ server_wait() {
     cat "$tmp/rss"
 }
 
+log "binary $DISKPLANE; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-20s %-8s %9s %9s %7s %10s %s\n' input path seconds convert ratio "peak RSS" sha256
 for input in upload-mixed.raw upload-mixed.qcow2; do
     ref="$out/upload-out-convert.raw"
@@ -134,3 +135,4 @@ for input in upload-mixed.raw upload-mixed.qcow2; do
             "$(awk -v a="$t_convert" -v b="$t" 'BEGIN { print a / b }')" $((rss_kib / 1024)) "$match"
     done
 done
+log "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

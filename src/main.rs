@@ -56,6 +56,9 @@ enum Command {
     /// Kubernetes mode: reconcile DataVolumes on a cluster (PVCs, restricted worker Pods,
     /// upload Services, status and Events), with the same planner as `serve`.
     Controller(cmd::controller::ControllerArgs),
+    /// Kubernetes mode: the cluster's upload endpoint; verifies upload tokens and streams
+    /// uploads to the DataVolumes' upload Pods over TLS.
+    UploadProxy(cmd::upload_proxy::UploadProxyArgs),
 }
 
 /// How `info` prints.
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
         Command::Vm(args) => cmd::vm::run(&args),
         Command::Crds(args) => cmd::crds::run(&args),
         Command::Controller(args) => cmd::controller::run(&args),
+        Command::UploadProxy(args) => cmd::upload_proxy::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

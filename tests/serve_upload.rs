@@ -460,3 +460,189 @@ fn a_failed_upload_is_retried_at_once_and_succeeds() {
     assert_uploaded(&serve, "again");
     assert_eq!(dv(&serve, "again")["status"]["restartCount"], 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Archive DataVolumes (`contentType: archive`): tars made by GNU tar, extracted into `fs/`.
+
+/// A tree `src/` (files of three modes, a private directory, a relative symlink, 2 MiB of
+/// data), `tree.tar.gz` and `tree.tar` of it, `evil.tar` with a `../x` member, and `x` (the
+/// file that member names).
+fn archives() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| common::made_once("serve-upload-archives-v1", make_archives))
+}
+
+fn make_archives(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("etc/private")).expect("dirs");
+    std::fs::write(src.join("etc/hostname"), b"diskplane-archive\n").expect("file");
+    std::fs::write(src.join("etc/private/secret"), b"s3cret\n").expect("file");
+    std::fs::write(src.join("run.sh"), b"#!/bin/sh\necho hi\n").expect("file");
+    let data: Vec<u8> = (0..2u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(src.join("data.bin"), &data).expect("file");
+    std::os::unix::fs::symlink("etc/hostname", src.join("hostname")).expect("symlink");
+    for (path, mode) in [("run.sh", 0o755), ("etc/private/secret", 0o600), ("etc/private", 0o750)] {
+        std::fs::set_permissions(src.join(path), std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    common::run_ok(Command::new("tar").args(["-czf", "../tree.tar.gz", "."]).current_dir(&src));
+    common::run_ok(Command::new("tar").args(["-cf", "../tree.tar", "."]).current_dir(&src));
+    std::fs::create_dir(dir.join("inside")).expect("dir");
+    std::fs::write(dir.join("inside/ok"), b"fine").expect("file");
+    std::fs::write(dir.join("x"), b"escaped").expect("file");
+    // -P keeps the member name `../x` as given (GNU tar strips it otherwise).
+    common::run_ok(
+        Command::new("tar").args(["-cPf", "../evil.tar", "ok", "../x"]).current_dir(dir.join("inside")),
+    );
+    std::fs::write(dir.join("done"), "").expect("done marker");
+}
+
+fn archive(name: &str) -> PathBuf {
+    archives().join(name)
+}
+
+fn create_archive_dv(serve: &Serve, name: &str, volume_mode: Option<&str>) -> (u16, String) {
+    let mut dv = json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1",
+        "kind": "DataVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "source": {"upload": {}},
+            "contentType": "archive",
+            "storage": {"resources": {"requests": {"storage": VOLUME_SIZE}}},
+        },
+    });
+    if let Some(mode) = volume_mode {
+        dv["spec"]["storage"]["volumeMode"] = json!(mode);
+    }
+    post_json(serve, "/apis/cdi.kubevirt.io/v1beta1/namespaces/default/datavolumes", &dv)
+}
+
+fn ready_archive_dv(serve: &Serve, name: &str) -> String {
+    let (status, body) = create_archive_dv(serve, name, None);
+    assert_eq!(status, 201, "creating {name}: {body}");
+    wait_upload_ready(serve, name);
+    token_for(serve, name)
+}
+
+/// The DataVolume succeeded and `fs/` holds exactly the tree, with its contents and modes;
+/// the volume directory holds `fs/` only (no disk, no staging directory).
+fn assert_tree_extracted(serve: &Serve, name: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let object = wait_for(serve, name, "Succeeded", |d| d["status"]["phase"] == "Succeeded");
+    assert_eq!(condition(&object, "Ready")["status"], "True", "{object}");
+    let (fs, src) = (volume_dir(serve, name).join("fs"), archive("src"));
+    for file in ["etc/hostname", "etc/private/secret", "run.sh", "data.bin"] {
+        let got = std::fs::read(fs.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(got, std::fs::read(src.join(file)).expect(file), "{file} differs");
+    }
+    let mode =
+        |path: &str| std::fs::symlink_metadata(fs.join(path)).expect(path).permissions().mode() & 0o777;
+    assert_eq!(mode("run.sh"), 0o755);
+    assert_eq!(mode("etc/private/secret"), 0o600);
+    assert_eq!(mode("etc/private"), 0o750);
+    assert_eq!(std::fs::read_link(fs.join("hostname")).expect("symlink"), Path::new("etc/hostname"));
+    assert_eq!(files(serve, name), vec!["fs".to_owned()], "leftover files");
+}
+
+#[test]
+fn archive_datavolumes_extract_a_tar_gz_from_upload_archive_and_a_tar_from_upload() {
+    let (serve, _dir) = start();
+    let token_gz = ready_archive_dv(&serve, "tree-gz");
+    let token_plain = ready_archive_dv(&serve, "tree-plain");
+
+    let (status, body) =
+        curl_upload(&serve, Some(&token_gz), &archive("tree.tar.gz"), "/v1beta1/upload-archive");
+    assert_eq!(status, 200, "{body}\n{}", serve.log());
+    assert_tree_extracted(&serve, "tree-gz");
+
+    // CDI's upload proxy sends every upload to an archive volume to /upload-archive; clients
+    // that post to /upload directly get the same.
+    let (status, body) = curl_upload(&serve, Some(&token_plain), &archive("tree.tar"), "/v1beta1/upload");
+    assert_eq!(status, 200, "{body}\n{}", serve.log());
+    assert_tree_extracted(&serve, "tree-plain");
+
+    let (status, body) =
+        curl_upload(&serve, Some(&token_gz), &archive("tree.tar.gz"), "/v1beta1/upload-archive");
+    assert_eq!(status, 409, "{body}");
+    assert_tree_extracted(&serve, "tree-gz");
+}
+
+#[test]
+fn a_tar_with_a_parent_dir_member_gets_400_naming_it_writes_nothing_and_a_good_tar_follows() {
+    let (serve, _dir) = start();
+    let token = ready_archive_dv(&serve, "evil");
+
+    let (status, body) = curl_upload(&serve, Some(&token), &archive("evil.tar"), "/v1beta1/upload-archive");
+
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("archive entry \"../x\" leaves the target directory"), "{body}");
+    assert_failed_upload_recorded(&serve, "evil", 1, "leaves the target directory");
+    let outside: Vec<_> = std::fs::read_dir(serve.data_dir.join("volumes/default"))
+        .expect("listing the namespace")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(outside, ["evil"], "written beside the volume");
+
+    let (status, body) = upload_retrying_at_once(&serve, &token, &archive("tree.tar.gz"));
+    assert_eq!(status, 200, "{body}\n{}", serve.log());
+    assert_tree_extracted(&serve, "evil");
+    assert_eq!(dv(&serve, "evil")["status"]["restartCount"], 1);
+}
+
+#[test]
+fn a_qcow2_sent_to_an_archive_datavolume_gets_400_not_a_tar() {
+    let (serve, _dir) = start();
+    let token = ready_archive_dv(&serve, "tree");
+
+    let (status, body) = curl_upload(&serve, Some(&token), &image("img.qcow2"), "/v1beta1/upload-archive");
+
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("needs a tar archive, but the source holds qcow2"), "{body}");
+    assert_failed_upload_recorded(&serve, "tree", 1, "needs a tar archive");
+}
+
+#[test]
+fn an_archive_sent_to_a_disk_datavolume_via_upload_archive_gets_400() {
+    let (serve, _dir) = start();
+    create_dv(&serve, "disk", json!({"upload": {}}));
+    wait_upload_ready(&serve, "disk");
+    let token = token_for(&serve, "disk");
+
+    let (status, body) =
+        curl_upload(&serve, Some(&token), &archive("tree.tar.gz"), "/v1beta1/upload-archive");
+
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("takes a disk image (contentType: kubevirt), not an archive"), "{body}");
+    // Refused from the route alone: no upload was begun, none counted.
+    let object = dv(&serve, "disk");
+    assert_eq!(object["status"]["phase"], "UploadReady", "{object}");
+    assert_eq!(object["status"]["restartCount"].as_u64().unwrap_or(0), 0, "{object}");
+    assert!(files(&serve, "disk").is_empty(), "{:?}", files(&serve, "disk"));
+}
+
+#[test]
+fn an_archive_datavolume_with_block_volume_mode_is_refused_at_creation() {
+    let (serve, _dir) = start();
+
+    let (status, body) = create_archive_dv(&serve, "blocky", Some("Block"));
+
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("DataVolume with ContentType Archive cannot have block volumeMode"), "{body}");
+}
+
+#[test]
+fn our_cli_uploads_a_tar_into_an_existing_archive_datavolume() {
+    let (serve, _dir) = start();
+    let (status, body) = create_archive_dv(&serve, "cli-tree", None);
+    assert_eq!(status, 201, "{body}");
+
+    let path = archive("tree.tar.gz");
+    let out =
+        serve.cli(&["upload", "cli-tree", "--no-create", "--image-path", path.to_str().expect("utf-8")]);
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "diskplane upload: {stderr}\n{}", serve.log());
+    assert!(stderr.contains("DataVolume default/cli-tree Succeeded"), "{stderr}");
+    assert_tree_extracted(&serve, "cli-tree");
+}

@@ -827,3 +827,104 @@ fn a_disk_image_sent_to_an_archive_volume_gets_400() {
     assert!(body.contains("needs a tar archive, but the source holds qcow2"), "{body}");
     assert!(server.entries().is_empty(), "written: {:?}", server.entries());
 }
+
+// ---------------------------------------------------------------------------------------------
+// A qcow2 converted while its body arrives (raw body with Content-Length), and the old path.
+
+/// reversed.qcow2: data clusters written by qemu-io in descending guest offsets, so the file
+/// holds the end of the disk first and guest offset 0 last (the converter reading in guest
+/// order waits for nearly the whole body); and its reference conversion by qemu-img.
+fn reversed_qcow2() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        common::made_once("upload-images-reversed-v1", |dir| {
+            qemu_img(&["create", "-q", "-f", "qcow2", "reversed.qcow2", "24M"], dir);
+            let mut io = Command::new("qemu-io");
+            io.current_dir(dir).args(["-f", "qcow2"]);
+            for mib in (0..24u64).rev() {
+                // 256 KiB of a pattern at each MiB, plus a partial cluster just after it.
+                io.arg("-c").arg(format!("write -P {} {}M 256k", 0x20 + mib, mib));
+                io.arg("-c").arg(format!("write -P {} {} 5k", 0x80 + mib, (mib << 20) + (300 << 10)));
+            }
+            let out = io.arg("reversed.qcow2").output().expect("running qemu-io");
+            assert!(out.status.success(), "qemu-io: {}", String::from_utf8_lossy(&out.stderr));
+            qemu_img(&["convert", "-O", "raw", "reversed.qcow2", "reversed.qcow2.ref"], dir);
+            std::fs::write(dir.join("done"), "").expect("done marker");
+        })
+    })
+}
+
+fn assert_volume_matches(server: &Server, reference: &Path) {
+    assert_eq!(sha256_file(&server.volume()), sha256_file(reference), "volume differs from {reference:?}");
+    assert_eq!(server.files(), vec!["disk.img".to_owned()], "leftover files");
+}
+
+#[test]
+fn a_qcow2_with_clusters_in_reverse_guest_order_uploads_like_qemu_img_converts_it() {
+    let dir = reversed_qcow2();
+    // The premise: guest offset 0 is stored after guest offset 23 MiB.
+    let map = Command::new("qemu-img")
+        .args(["map", "--output=json", "reversed.qcow2"])
+        .current_dir(dir)
+        .output()
+        .expect("qemu-img map");
+    let map = String::from_utf8_lossy(&map.stdout);
+    let host_of = |guest: u64| -> u64 {
+        let key = format!("\"start\": {guest},");
+        let line = map.lines().find(|l| l.contains(&key)).unwrap_or_else(|| panic!("{guest} in {map}"));
+        let (_, rest) = line.split_once("\"offset\": ").expect("a data extent");
+        rest.trim_end_matches(['}', ',', ' ', ']']).parse().expect("host offset")
+    };
+    assert!(host_of(0) > host_of(23 << 20), "the image is not in reverse order:\n{map}");
+
+    let server = Server::start();
+    let (status, body) =
+        curl_upload(&server, Some(&server.good_token()), &dir.join("reversed.qcow2"), "/v1beta1/upload");
+    assert_eq!(status, 200, "{body}");
+    assert_volume_matches(&server, &dir.join("reversed.qcow2.ref"));
+}
+
+#[test]
+fn a_qcow2_body_cut_half_way_gets_400_naming_the_bytes_keeps_nothing_and_can_be_retried() {
+    let file = reversed_qcow2().join("reversed.qcow2");
+    let len = std::fs::metadata(&file).expect("size").len() as usize;
+    let server = Server::start();
+    let token = server.good_token();
+    let sent = len / 2;
+    let mut stream = partial_upload(&server, &token, &file, sent);
+    stream.shutdown(std::net::Shutdown::Write).expect("closing half way");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains(&format!("ended early after {sent} bytes")), "{answer}");
+    drop(stream);
+
+    server.wait_until_idle(&token);
+    assert_nothing_kept(&server);
+    let (status, body) = curl_upload(&server, Some(&token), &file, "/v1beta1/upload");
+    assert_eq!(status, 200, "retry: {body}");
+    assert_volume_matches(&server, &reversed_qcow2().join("reversed.qcow2.ref"));
+}
+
+#[test]
+fn a_chunked_qcow2_body_without_a_length_is_converted_after_it_arrived() {
+    for (dir, name) in [(images(), "img.qcow2"), (reversed_qcow2(), "reversed.qcow2")] {
+        let server = Server::start();
+        let auth = format!("Authorization: Bearer {}", server.good_token());
+        let data = format!("@{}", dir.join(name).display());
+        let (status, body) = curl(&[
+            "-H",
+            &auth,
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &data,
+            &server.url("/v1beta1/upload"),
+        ]);
+        assert_eq!(status, 200, "{name}: {body}");
+        assert_volume_matches(&server, &dir.join(format!("{name}.ref")));
+    }
+}

@@ -1,13 +1,16 @@
 //! The kube driver's DataVolume reconcile against a mock API server (`tower-test`), scenario by
 //! scenario: the informer caches hold the observed world, the mock asserts every request the
 //! reconcile makes (method, path, body) in order and answers it. Events (best effort,
-//! `events.k8s.io`) are answered and recorded wherever they come.
+//! `events.k8s.io`) are answered and recorded wherever they come (`common`: the mock).
+
+mod common;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{BodyCheck, Expect, Seen, expect, fill, serve};
 use controller::api::Timestamp;
 use controller::kube::build::ClusterConfig;
 use controller::kube::reconcile::{Caches, Context, ProgressReader, reconcile};
@@ -17,132 +20,15 @@ use controller::kube::resource::{
 use http::{Method, Request, Response};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
+use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::watcher;
-use kube::{Client, Resource};
 use serde_json::{Value, json};
 
 const NOW: i64 = 1_795_336_088;
 const NOW_TEXT: &str = "2026-11-22T08:28:08Z";
-
-/// What one expected request must look like, and the answer.
-struct Expect {
-    method: Method,
-    /// Path without the query.
-    path: &'static str,
-    body: BodyCheck,
-    status: u16,
-    reply: Reply,
-}
-
-enum BodyCheck {
-    Exact(Value),
-    /// JSON pointers and the values they must have.
-    Fields(Vec<(&'static str, Value)>),
-    /// JSON pointers that must be absent.
-    FieldsAndAbsent(Vec<(&'static str, Value)>, Vec<&'static str>),
-}
-
-enum Reply {
-    /// Echo the request body.
-    Echo,
-    Json(Value),
-}
-
-fn expect(method: Method, path: &'static str, body: BodyCheck) -> Expect {
-    Expect { method, path, body, status: 200, reply: Reply::Echo }
-}
-
-impl Expect {
-    fn reply(mut self, status: u16, reply: Value) -> Expect {
-        self.status = status;
-        self.reply = Reply::Json(reply);
-        self
-    }
-    fn created(mut self) -> Expect {
-        self.status = 201;
-        self
-    }
-}
-
-/// What the mock saw besides the expected requests.
-#[derive(Debug, Default)]
-struct Seen {
-    /// `(type, reason, note)` of each event.
-    events: Vec<(String, String, Option<String>)>,
-    unexpected: Vec<String>,
-    missing: Vec<String>,
-}
-
-fn check_body(check: &BodyCheck, body: &Value, what: &str) {
-    match check {
-        BodyCheck::Exact(expected) => assert_eq!(body, expected, "{what}: body"),
-        BodyCheck::Fields(fields) => {
-            for (pointer, expected) in fields {
-                assert_eq!(body.pointer(pointer), Some(expected), "{what}: {pointer} in {body:#}");
-            }
-        }
-        BodyCheck::FieldsAndAbsent(fields, absent) => {
-            check_body(&BodyCheck::Fields(fields.clone()), body, what);
-            for pointer in absent {
-                assert!(body.pointer(pointer).is_none(), "{what}: {pointer} should be absent in {body:#}");
-            }
-        }
-    }
-}
-
-async fn serve(
-    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
-    expected: Vec<Expect>,
-) -> Seen {
-    let mut expected = expected.into_iter();
-    let mut seen = Seen::default();
-    while let Some((request, send)) = handle.next_request().await {
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let bytes = request.into_body().collect_bytes().await.expect("request body");
-        let body: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).expect("JSON request body")
-        };
-        if path.starts_with("/apis/events.k8s.io/v1/") {
-            seen.events.push((
-                body["type"].as_str().unwrap_or_default().to_owned(),
-                body["reason"].as_str().unwrap_or_default().to_owned(),
-                body["note"].as_str().map(str::to_owned),
-            ));
-            send.send_response(
-                Response::builder().status(201).body(Body::from(bytes.to_vec())).expect("response"),
-            );
-            continue;
-        }
-        let Some(exp) = expected.next() else {
-            seen.unexpected.push(format!("{method} {path} {body}"));
-            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500, "message": "unexpected", "reason": "InternalError"});
-            send.send_response(
-                Response::builder()
-                    .status(500)
-                    .body(Body::from(status.to_string().into_bytes()))
-                    .expect("response"),
-            );
-            continue;
-        };
-        let what = format!("{method} {path}");
-        assert_eq!((&method, path.as_str()), (&exp.method, exp.path), "request out of order");
-        check_body(&exp.body, &body, &what);
-        let reply = match exp.reply {
-            Reply::Echo => bytes.to_vec(),
-            Reply::Json(v) => v.to_string().into_bytes(),
-        };
-        send.send_response(Response::builder().status(exp.status).body(Body::from(reply)).expect("response"));
-    }
-    seen.missing = expected.map(|e| format!("{} {}", e.method, e.path)).collect();
-    seen
-}
 
 /// Progress the "metrics endpoint" of every running worker reports.
 struct FixedProgress(Option<f64>);
@@ -164,18 +50,6 @@ struct World {
     data_sources: Vec<Value>,
     data_volumes: Vec<Value>,
     progress: Option<f64>,
-}
-
-fn fill<K>(mut writer: Writer<K>, objects: &[Value]) -> kube::runtime::reflector::Store<K>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned,
-    K::DynamicType: Clone + Eq + std::hash::Hash,
-{
-    for object in objects {
-        let object: K = serde_json::from_value(object.clone()).expect("fixture object");
-        writer.apply_watcher_event(&watcher::Event::Apply(object));
-    }
-    writer.as_reader()
 }
 
 fn default_world() -> World {

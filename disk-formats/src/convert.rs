@@ -14,16 +14,26 @@
 //! With `sparse_size == 0` (no zero detection, like `qemu-img convert -S 0`), runs of plain data
 //! clusters are copied inside the kernel (`copy_file_range`) when source and target allow it.
 //!
-//! Window buffers are 4 KiB-aligned ([`direct`]): plain data clusters are read into them from a
-//! second, `O_DIRECT` descriptor on the image file, and a target such as `storage::Volume` can
-//! write them with `O_DIRECT` too, so a byte crosses memory once instead of being copied out of
-//! and back into the page cache (on this class of machine those two copies were most of the
-//! conversion's time). Unaligned edges, and file systems without direct I/O, go through the
-//! page cache with the same result.
+//! With zero detection, plain data clusters are read into the window through the page cache
+//! (the image file is opened with `POSIX_FADV_SEQUENTIAL`, so read-ahead keeps the device busy
+//! while a window is scanned), and the writer copies the non-zero runs of every long segment of
+//! plain clusters with `copy_file_range` from the image file, whose pages that read has just
+//! cached, instead of writing them from the window. The window is used to find the zero blocks
+//! only; the data reaches the target's page cache with one in-kernel copy and is written back
+//! in the background (`start_writeback` per window). Measured on the 3 GiB OS image (2.3 GiB of
+//! plain data, cold cache, durable), this beats both earlier designs: `O_DIRECT` reads into
+//! the window plus `O_DIRECT` writes (a direct read has no read-ahead, so the device idled
+//! between requests), and writing the window through the page cache (three times the system
+//! time of `copy_file_range` on that machine). Where the target cannot copy from the file (a
+//! block device, another file system on an old kernel) the runs are written from the window.
+//!
+//! Window buffers are 4 KiB-aligned ([`direct`]), so a target such as `storage::Volume` can
+//! write them with `O_DIRECT` (compressed clusters, and plain data where no in-kernel copy is
+//! possible), without a copy through the page cache.
 //!
 //! ## Caveats
-//! Direct reads bypass the page cache: an image that is already cached is read from the device
-//! again.
+//! Plain data is read through the page cache, so converting a large image fills the cache with
+//! it (as `qemu-img convert` does); the kernel reclaims those clean pages first.
 
 pub mod direct;
 
@@ -39,15 +49,20 @@ use crate::io::WriteAt;
 use crate::limits::{CONVERT_WINDOW_BYTES, DEFAULT_SPARSE_SIZE, PROBE_BYTES};
 use crate::probe::{Format, probe};
 use crate::{Error, OpenOptions, Result, compress};
-use direct::{AlignedBuf, DirectSource};
+use direct::AlignedBuf;
 
 /// Largest piece of a window one worker reads at a time (pieces are aligned to it): small enough that two workers share
 /// a window of compressed clusters evenly, large enough for efficient reads.
 const READ_PIECE_BYTES: u64 = 1 << 20;
 
 /// Largest piece of plain data one worker reads at a time: plain data costs no CPU to split
-/// evenly, and a large direct read keeps several requests in flight at the device.
+/// evenly, and read-ahead works on large sequential reads.
 const DATA_PIECE_BYTES: u64 = 4 << 20;
+
+/// Shortest segment of plain clusters whose non-zero runs are copied in-kernel rather than
+/// written from the window: one system call per run pays off only for long runs (images of
+/// small clusters scattered in the file are written from the window in coalesced writes).
+const COPY_MIN_BYTES: u64 = 64 << 10;
 
 /// Most compression wrappers nested inside each other that we unwrap (`.xz` of a `.gz` ...).
 const MAX_WRAPPER_DEPTH: usize = 3;
@@ -107,16 +122,21 @@ pub fn convert_image(image: &dyn Image, target: &dyn WriteAt, opts: &ConvertOpti
             "image virtual size {size} bytes is larger than the target's capacity of {capacity} bytes"
         )));
     }
-    let in_kernel = if opts.sparse_size == 0 { image.data_source().as_file() } else { None };
-    // With zero detection, plain data is read into the window straight from the device.
-    let direct =
-        if in_kernel.is_none() { image.data_source().as_file().and_then(DirectSource::open) } else { None };
+    let source_file = image.data_source().as_file();
+    if let Some(file) = source_file {
+        // Plain data is read through the page cache (see the module docs): a larger
+        // read-ahead window keeps the device busy while a window is scanned and written.
+        let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Sequential);
+    }
+    // Without zero detection plain data is copied in-kernel by the producer; with it, the
+    // writer copies the non-zero runs in-kernel after scanning them.
+    let (in_kernel, copy_src) = if opts.sparse_size == 0 { (source_file, None) } else { (None, source_file) };
     let window = CONVERT_WINDOW_BYTES as u64;
     // Pieces are aligned to whole clusters so that no compressed cluster is inflated twice.
     let piece = READ_PIECE_BYTES.max(image.info().cluster_size.unwrap_or(0));
     let data_bytes = AtomicU64::new(0);
 
-    pipeline(target, opts, &data_bytes, |tx, buffers| {
+    pipeline(target, opts, copy_src, &data_bytes, |tx, buffers| {
         let mut offset = 0;
         while offset < size {
             let end = offset.saturating_add(window).min(size);
@@ -126,8 +146,7 @@ pub fn convert_image(image: &dyn Image, target: &dyn WriteAt, opts: &ConvertOpti
             }
             let mut buf = buffers.take();
             let len = usize::try_from(end - offset).map_err(|_| Error::too_large("window too large"))?;
-            let reader = Reader { image, direct: direct.as_ref() };
-            fill_window(reader, &segments, &mut buf[..len], offset, piece, opts.threads)?;
+            fill_window(image, &segments, &mut buf[..len], offset, piece, opts.threads)?;
             if tx.send(Batch { offset, len, buf, segments }).is_err() {
                 break; // the writer failed; its error is returned by `pipeline`
             }
@@ -153,7 +172,7 @@ pub fn convert_stream(
     let capacity = target.capacity();
     let data_bytes = AtomicU64::new(0);
     let mut total = 0u64;
-    pipeline(target, opts, &data_bytes, |tx, buffers| {
+    pipeline(target, opts, None, &data_bytes, |tx, buffers| {
         loop {
             let mut buf = buffers.take();
             let len = read_full(reader, &mut buf).map_err(stream_error)?;
@@ -351,7 +370,13 @@ impl Buffers {
 }
 
 /// Runs `produce` on this thread and the writer on another; returns the first error.
-fn pipeline<F>(target: &dyn WriteAt, opts: &ConvertOptions, data_bytes: &AtomicU64, produce: F) -> Result<()>
+fn pipeline<F>(
+    target: &dyn WriteAt,
+    opts: &ConvertOptions,
+    copy_src: Option<&std::fs::File>,
+    data_bytes: &AtomicU64,
+    produce: F,
+) -> Result<()>
 where
     F: FnOnce(&SyncSender<Batch>, &Buffers) -> Result<()>,
 {
@@ -359,7 +384,8 @@ where
     thread::scope(|scope| {
         let (tx, rx) = sync_channel::<Batch>(1);
         let (back_tx, back_rx) = channel::<AlignedBuf>();
-        let writer = scope.spawn(move || write_batches(&rx, &back_tx, target, sparse_size, opts, data_bytes));
+        let writer = scope
+            .spawn(move || write_batches(&rx, &back_tx, target, sparse_size, copy_src, opts, data_bytes));
         let produced = produce(&tx, &Buffers { returned: back_rx });
         drop(tx);
         let written =
@@ -429,7 +455,7 @@ fn copy_in_kernel(
 
 /// Reads every data segment of the window into `buf` (`buf[0]` = guest `window_start`).
 fn fill_window(
-    reader: Reader<'_>,
+    image: &dyn Image,
     segments: &[Segment],
     buf: &mut [u8],
     window_start: u64,
@@ -464,7 +490,7 @@ fn fill_window(
     debug_assert_eq!(at, window_start + segments.iter().map(|s| s.len).sum::<u64>());
     let workers = threads.clamp(1, jobs.len().max(1));
     if workers == 1 {
-        return jobs.into_iter().try_for_each(|(seg, piece)| reader.read_piece(seg, piece));
+        return jobs.into_iter().try_for_each(|(seg, piece)| read_piece(image, seg, piece));
     }
     let queue = Mutex::new(jobs.into_iter());
     thread::scope(|scope| {
@@ -477,7 +503,7 @@ fn fill_window(
                             .map_err(|_| Error::io("read queue", io::Error::other("poisoned")))?
                             .next();
                         let Some((seg, piece)) = job else { return Ok(()) };
-                        reader.read_piece(seg, piece)?;
+                        read_piece(image, seg, piece)?;
                     }
                 })
             })
@@ -492,34 +518,21 @@ fn fill_window(
     })
 }
 
-/// Where a window's pieces are read from: the image, with plain data read directly from the
-/// device when the image file allows it.
-#[derive(Clone, Copy)]
-struct Reader<'a> {
-    image: &'a dyn Image,
-    direct: Option<&'a DirectSource>,
-}
-
-impl Reader<'_> {
-    fn read_piece(self, seg: Segment, piece: &mut [u8]) -> Result<()> {
-        let source = self.image.data_source();
-        match seg.kind {
-            SegmentKind::Data { host } => match self.direct {
-                Some(direct) => direct.read_exact_at(source, piece, host),
-                None => source.read_exact_at(piece, host),
-            }
-            .map_err(|e| {
-                Error::io(
-                    format!(
-                        "reading {} bytes of data for guest offset {} at host offset {host}",
-                        piece.len(),
-                        seg.offset
-                    ),
-                    e,
-                )
-            }),
-            _ => self.image.read_at(piece, seg.offset),
-        }
+/// Reads one piece of a window: plain data straight from the image file (through the page
+/// cache, where read-ahead has usually brought it already), anything else through the image.
+fn read_piece(image: &dyn Image, seg: Segment, piece: &mut [u8]) -> Result<()> {
+    match seg.kind {
+        SegmentKind::Data { host } => image.data_source().read_exact_at(piece, host).map_err(|e| {
+            Error::io(
+                format!(
+                    "reading {} bytes of data for guest offset {} at host offset {host}",
+                    piece.len(),
+                    seg.offset
+                ),
+                e,
+            )
+        }),
+        _ => image.read_at(piece, seg.offset),
     }
 }
 
@@ -528,12 +541,15 @@ fn write_batches(
     back: &Sender<AlignedBuf>,
     target: &dyn WriteAt,
     sparse_size: usize,
+    copy_src: Option<&std::fs::File>,
     opts: &ConvertOptions,
     data_bytes: &AtomicU64,
 ) -> Result<()> {
     let zeroed = target.unwritten_reads_zero();
+    let mut copy_src = copy_src;
     for batch in rx {
-        let mut runs = Runs { target, buf: &batch.buf, base: batch.offset, zeroed, current: None };
+        let mut runs =
+            Runs { target, buf: &batch.buf, base: batch.offset, zeroed, current: None, copy: None, copy_src };
         for seg in &batch.segments {
             if seg.kind == COPIED {
                 runs.flush()?;
@@ -548,6 +564,15 @@ fn write_batches(
                 runs.push(true, seg.offset, seg.len)?;
                 continue;
             }
+            // A long run of plain clusters: its non-zero runs are copied in-kernel from the
+            // image file (whose pages the window read has just cached) instead of written
+            // from the window.
+            if let (Some(src), SegmentKind::Data { host }) = (runs.copy_src, seg.kind)
+                && seg.len >= COPY_MIN_BYTES
+            {
+                runs.flush()?;
+                runs.copy = Some(InKernel { src, host, guest: seg.offset });
+            }
             // Blocks aligned to `sparse_size` in guest space; the first and last may be partial.
             let block = sparse_size as u64;
             let end = seg.offset + seg.len;
@@ -561,8 +586,13 @@ fn write_batches(
                 runs.push(data, guest, block_end - guest)?;
                 guest = block_end;
             }
+            if runs.copy.is_some() {
+                runs.flush()?;
+                runs.copy = None;
+            }
         }
         runs.flush()?;
+        copy_src = runs.copy_src;
         target.start_writeback(batch.offset, batch.len as u64);
         if let Some(progress) = &opts.progress {
             progress(batch.len as u64);
@@ -573,7 +603,7 @@ fn write_batches(
 }
 
 /// Coalesces consecutive data blocks into one write and zero blocks into one hole.
-struct Runs<'a> {
+struct Runs<'a, 'f> {
     target: &'a dyn WriteAt,
     buf: &'a [u8],
     /// Guest offset of `buf[0]`.
@@ -582,9 +612,23 @@ struct Runs<'a> {
     zeroed: bool,
     /// The run being built: (is data, guest offset, length).
     current: Option<(bool, u64, u64)>,
+    /// Set while the runs of one plain segment are built: data runs are copied from there.
+    copy: Option<InKernel<'f>>,
+    /// The image file to copy plain data from; cleared once the target refuses an in-kernel
+    /// copy (then every run is written from the buffer).
+    copy_src: Option<&'f std::fs::File>,
 }
 
-impl Runs<'_> {
+/// Where the data runs of a segment of plain clusters are in the image file.
+#[derive(Clone, Copy)]
+struct InKernel<'a> {
+    src: &'a std::fs::File,
+    /// Host offset of guest offset `guest`.
+    host: u64,
+    guest: u64,
+}
+
+impl Runs<'_, '_> {
     fn slice(&self, guest: u64, len: u64) -> &[u8] {
         let start = (guest - self.base) as usize;
         &self.buf[start..start + len as usize]
@@ -606,16 +650,39 @@ impl Runs<'_> {
 
     fn flush(&mut self) -> Result<()> {
         match self.current.take() {
-            Some((true, guest, len)) => self
-                .target
-                .write_all_at(self.slice(guest, len), guest)
-                .map_err(|e| Error::io(format!("writing {len} bytes at offset {guest} of the target"), e)),
+            Some((true, guest, len)) => match self.copy {
+                Some(copy) if self.copy_src.is_some() => self.copy_or_write(copy, guest, len),
+                _ => self.write(guest, len),
+            },
             Some((false, guest, len)) if !self.zeroed => self
                 .target
                 .write_zeroes(guest, len)
                 .map_err(|e| Error::io(format!("zeroing {len} bytes at offset {guest} of the target"), e)),
             _ => Ok(()),
         }
+    }
+
+    /// Copies a data run in-kernel; writes it from the window (and stops trying to copy) when
+    /// the target cannot copy from the image file.
+    fn copy_or_write(&mut self, copy: InKernel<'_>, guest: u64, len: u64) -> Result<()> {
+        let host = copy.host + (guest - copy.guest);
+        let copied = self.target.copy_from_file(copy.src, host, guest, len).map_err(|e| {
+            Error::io(
+                format!("copying {len} bytes from host offset {host} to offset {guest} of the target"),
+                e,
+            )
+        })?;
+        if !copied {
+            self.copy_src = None;
+            self.write(guest, len)?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, guest: u64, len: u64) -> Result<()> {
+        self.target
+            .write_all_at(self.slice(guest, len), guest)
+            .map_err(|e| Error::io(format!("writing {len} bytes at offset {guest} of the target"), e))
     }
 }
 
@@ -712,6 +779,17 @@ mod tests {
         }
     }
 
+    /// The piece of `segments` (sorted, covering the image) at `offset`, as `Image::map` answers.
+    fn map_segments(segments: &[Segment], offset: u64, max_len: u64) -> Segment {
+        let seg = segments.iter().find(|s| s.offset <= offset && offset < s.offset + s.len).unwrap();
+        let skip = offset - seg.offset;
+        let kind = match seg.kind {
+            SegmentKind::Data { host } => SegmentKind::Data { host: host + skip },
+            other => other,
+        };
+        Segment { offset, len: (seg.len - skip).min(max_len), kind }
+    }
+
     /// An image described by a list of segments over an in-memory guest content.
     struct FakeImage {
         content: Vec<u8>,
@@ -728,13 +806,7 @@ mod tests {
         }
 
         fn map(&self, offset: u64, max_len: u64) -> Result<Segment> {
-            let seg = self.segments.iter().find(|s| s.offset <= offset && offset < s.offset + s.len).unwrap();
-            let skip = offset - seg.offset;
-            let kind = match seg.kind {
-                SegmentKind::Data { host } => SegmentKind::Data { host: host + skip },
-                other => other,
-            };
-            Ok(Segment { offset, len: (seg.len - skip).min(max_len), kind })
+            Ok(map_segments(&self.segments, offset, max_len))
         }
 
         fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -841,6 +913,157 @@ mod tests {
 
         assert_eq!(err.kind(), ErrorKind::TooLarge);
         assert!(target.writes.lock().unwrap().is_empty());
+    }
+
+    /// A target that copies from files by reading them (as the kernel would), recording each
+    /// copy, or refuses every copy like a block device.
+    struct CopyTarget {
+        mem: MemTarget,
+        refuse: bool,
+        copies: Mutex<Vec<(u64, u64, u64)>>,
+    }
+
+    impl WriteAt for CopyTarget {
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            self.mem.write_all_at(buf, offset)
+        }
+
+        fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+            self.mem.write_zeroes(offset, len)
+        }
+
+        fn unwritten_reads_zero(&self) -> bool {
+            true
+        }
+
+        fn capacity(&self) -> u64 {
+            self.mem.capacity()
+        }
+
+        fn copy_from_file(
+            &self,
+            src: &std::fs::File,
+            src_offset: u64,
+            offset: u64,
+            len: u64,
+        ) -> io::Result<bool> {
+            self.copies.lock().unwrap().push((src_offset, offset, len));
+            if self.refuse {
+                return Ok(false);
+            }
+            let mut buf = vec![0u8; len as usize];
+            std::os::unix::fs::FileExt::read_exact_at(src, &mut buf, src_offset)?;
+            let start = offset as usize;
+            self.mem.data.lock().unwrap()[start..start + buf.len()].copy_from_slice(&buf);
+            Ok(true)
+        }
+    }
+
+    /// An image whose plain data sits in a real file, `HOST_SHIFT` bytes after its guest offset.
+    struct FileImage {
+        file: std::fs::File,
+        content: Vec<u8>,
+        segments: Vec<Segment>,
+    }
+
+    const HOST_SHIFT: u64 = 3 * 4096;
+
+    impl FileImage {
+        fn new(content: Vec<u8>, segments: Vec<Segment>) -> Self {
+            let file = tempfile::tempfile().unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&file, &content, HOST_SHIFT).unwrap();
+            Self { file, content, segments }
+        }
+    }
+
+    impl Image for FileImage {
+        fn info(&self) -> ImageInfo {
+            ImageInfo::plain("fake", self.content.len() as u64, 0)
+        }
+
+        fn virtual_size(&self) -> u64 {
+            self.content.len() as u64
+        }
+
+        fn map(&self, offset: u64, max_len: u64) -> Result<Segment> {
+            Ok(map_segments(&self.segments, offset, max_len))
+        }
+
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+            let start = offset as usize;
+            buf.copy_from_slice(&self.content[start..start + buf.len()]);
+            Ok(())
+        }
+
+        fn data_source(&self) -> &dyn ReadAt {
+            &self.file
+        }
+    }
+
+    /// Guest layout: 512 KiB of plain data with a zero block at 64 KiB, 16 KiB of plain data
+    /// (too short to copy), a hole, and plain data crossing into the next window.
+    fn plain_image() -> (FileImage, Vec<u8>) {
+        let len = CONVERT_WINDOW_BYTES + (1 << 20);
+        let mut content = patterned(len, &[(0, 512 << 10), (600 << 10, 616 << 10), (len - (2 << 20), len)]);
+        content[64 << 10..68 << 10].fill(0);
+        let data = |offset: usize, end: usize| Segment {
+            offset: offset as u64,
+            len: (end - offset) as u64,
+            kind: SegmentKind::Data { host: offset as u64 + HOST_SHIFT },
+        };
+        let segments = vec![
+            data(0, 512 << 10),
+            Segment { offset: 512 << 10, len: 88 << 10, kind: SegmentKind::Unallocated },
+            data(600 << 10, 616 << 10),
+            Segment {
+                offset: 616 << 10,
+                len: (len - (2 << 20) - (616 << 10)) as u64,
+                kind: SegmentKind::Unallocated,
+            },
+            data(len - (2 << 20), len),
+        ];
+        (FileImage::new(content.clone(), segments), content)
+    }
+
+    #[test]
+    fn non_zero_runs_of_long_plain_segments_are_copied_from_the_image_file() {
+        let (image, content) = plain_image();
+        let len = content.len() as u64;
+        let window = CONVERT_WINDOW_BYTES as u64;
+        let target =
+            CopyTarget { mem: MemTarget::new(content.len(), true), refuse: false, copies: Mutex::default() };
+
+        let stats = convert_image(&image, &target, &opts(2)).unwrap();
+
+        assert!(target.mem.bytes() == content, "output differs from the guest content");
+        let (k64, k68, k512) = (64 << 10, 68 << 10, 512 << 10);
+        let tail = len - (2 << 20);
+        assert_eq!(
+            *target.copies.lock().unwrap(),
+            vec![
+                (HOST_SHIFT, 0, k64),
+                (HOST_SHIFT + k68, k68, k512 - k68),
+                (HOST_SHIFT + tail, tail, window - tail),
+                (HOST_SHIFT + window, window, len - window),
+            ]
+        );
+        // Only the short segment went through the window.
+        assert_eq!(*target.mem.writes.lock().unwrap(), vec![(600 << 10, 16 << 10)]);
+        assert_eq!(stats.data_bytes, k512 - 4096 + (16 << 10) + (2 << 20));
+    }
+
+    #[test]
+    fn a_target_that_cannot_copy_gets_every_run_written_after_one_attempt() {
+        let (image, content) = plain_image();
+        let target =
+            CopyTarget { mem: MemTarget::new(content.len(), true), refuse: true, copies: Mutex::default() };
+
+        convert_image(&image, &target, &opts(1)).unwrap();
+
+        assert!(target.mem.bytes() == content, "output differs from the guest content");
+        assert_eq!(target.copies.lock().unwrap().len(), 1);
+        let writes = target.mem.writes.lock().unwrap();
+        assert_eq!(writes.iter().map(|w| w.1).sum::<u64>(), (512 << 10) - 4096 + (16 << 10) + (2 << 20));
     }
 
     #[test]

@@ -30,6 +30,15 @@ pub struct ControllerArgs {
     /// HonorWaitForFirstConsumer: the worker Pod then decides the volume's node).
     #[arg(long)]
     bind_immediately: bool,
+    /// The cluster's global upload token key (the file `diskplane upload-proxy --token-key`
+    /// reads): each upload Pod gets the key derived from it for its DataVolume. Without it,
+    /// upload Pods get random keys the upload proxy cannot verify.
+    #[arg(long, env = "DISKPLANE_UPLOAD_TOKEN_KEY")]
+    upload_token_key: Option<std::path::PathBuf>,
+    /// A registry (`host:port`) DataImportCrons poll over plain HTTP; repeatable (CDIConfig's
+    /// insecureRegistries).
+    #[arg(long = "insecure-registry", env = controller::kube::run::INSECURE_REGISTRIES_ENV, value_delimiter = ',')]
+    insecure_registries: Vec<String>,
 }
 
 fn parse_overhead(text: &str) -> Result<Overhead, String> {
@@ -44,7 +53,20 @@ pub fn run(args: &ControllerArgs) -> Result<()> {
     config.plan.filesystem_overhead = args.filesystem_overhead;
     config.plan.preallocation = args.preallocation;
     config.honor_wait_for_first_consumer = !args.bind_immediately;
-    let options = ControllerOptions { namespace: args.namespace.clone(), config };
+    if let Some(path) = &args.upload_token_key {
+        config.upload_token_key =
+            Some(uploader::token::TokenKey::from_file(path).map_err(anyhow::Error::msg)?);
+    }
+    let options = ControllerOptions {
+        namespace: args.namespace.clone(),
+        config,
+        insecure_registries: args
+            .insecure_registries
+            .iter()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .collect(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("diskplane-controller")

@@ -1,14 +1,21 @@
 //! `diskplane get KIND [NAME] [-o yaml|json|wide]`: prints objects as kubectl does: a table
-//! (`NAME PHASE PROGRESS RESTARTS AGE` for DataVolumes), or the objects as the API holds them.
+//! (`NAME PHASE PROGRESS RESTARTS AGE` for DataVolumes, `NAME READYTOUSE SOURCEPVC RESTORESIZE
+//! AGE` for VolumeSnapshots), or the objects as the API holds them.
 
 use anyhow::{Result, bail};
 use serde_json::Value;
 
+use controller::api::volumesnapshot;
+
 use super::client::{self, Client, Resource, ServerArgs};
+
+/// VolumeSnapshots (`snapshot.storage.k8s.io/v1`, `vs`): served outside the CDI group.
+const VOLUMESNAPSHOTS: Resource =
+    Resource { plural: "volumesnapshots", kind: "VolumeSnapshot", singular: "volumesnapshot" };
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// dv (datavolume), das (datasource) or dic (dataimportcron).
+    /// dv (datavolume), das (datasource), dic (dataimportcron) or vs (volumesnapshot).
     kind: String,
     /// One object; all in the namespace when omitted.
     name: Option<String>,
@@ -30,12 +37,14 @@ enum GetOutput {
 }
 
 pub fn run(args: &GetArgs) -> Result<()> {
-    let resource = client::resource(&args.kind)?;
+    let snapshots = volumesnapshot::is_alias(&args.kind);
+    let resource = if snapshots { VOLUMESNAPSHOTS } else { client::resource(&args.kind)? };
     let client = Client::new(&args.server.server)?;
-    let path = if args.all_namespaces {
-        format!("{}/{}", client::CDI_PATH, resource.plural)
-    } else {
-        client::path(&args.server.namespace, resource, args.name.as_deref())
+    let path = match (snapshots, args.all_namespaces) {
+        (true, true) => format!("{}/{}", volumesnapshot::API_PATH, resource.plural),
+        (true, false) => volumesnapshot::path(&args.server.namespace, args.name.as_deref()),
+        (false, true) => format!("{}/{}", client::CDI_PATH, resource.plural),
+        (false, false) => client::path(&args.server.namespace, resource, args.name.as_deref()),
     };
     let answer = client.get(&path)?;
     if !answer.ok() {
@@ -83,6 +92,11 @@ fn table(resource: Resource, items: &[Value], wide: bool, namespaces: bool, now:
         if wide {
             header.extend(["SIZE", "SOURCE"]);
         }
+    } else if resource == VOLUMESNAPSHOTS {
+        header.extend(["READYTOUSE", "SOURCEPVC", "RESTORESIZE", "AGE"]);
+        if wide {
+            header.extend(["SNAPSHOTCONTENT", "CREATIONTIME", "ERROR"]);
+        }
     } else {
         header.push("AGE");
     }
@@ -106,6 +120,17 @@ fn table(resource: Resource, items: &[Value], wide: bool, namespaces: bool, now:
                 let claim = if spec["storage"].is_object() { &spec["storage"] } else { &spec["pvc"] };
                 row.push(text(&claim["resources"]["requests"]["storage"]));
                 row.push(source(spec));
+            }
+        } else if resource == VOLUMESNAPSHOTS {
+            let status = &item["status"];
+            row.push(status["readyToUse"].as_bool().unwrap_or(false).to_string());
+            row.push(text(&item["spec"]["source"]["persistentVolumeClaimName"]));
+            row.push(text(&status["restoreSize"]));
+            row.push(age);
+            if wide {
+                row.push(text(&status["boundVolumeSnapshotContentName"]));
+                row.push(text(&status["creationTime"]));
+                row.push(text(&status["error"]["message"]));
             }
         } else {
             row.push(age);
@@ -196,6 +221,20 @@ mod tests {
         assert_eq!(
             out,
             "NAME     PHASE       PROGRESS   RESTARTS   AGE\nfedora   Succeeded   100.0%     0          30s\n"
+        );
+    }
+
+    #[test]
+    fn volume_snapshot_table_reads_like_kubectl() {
+        let items = vec![serde_json::json!({
+            "metadata": {"name": "snap", "creationTimestamp": "1970-01-01T00:00:00Z"},
+            "spec": {"source": {"persistentVolumeClaimName": "golden"}},
+            "status": {"readyToUse": true, "restoreSize": "24Mi"}
+        })];
+        let out = table(VOLUMESNAPSHOTS, &items, false, false, 30);
+        assert_eq!(
+            out,
+            "NAME   READYTOUSE   SOURCEPVC   RESTORESIZE   AGE\nsnap   true         golden      24Mi          30s\n"
         );
     }
 }

@@ -12,6 +12,7 @@ pub mod import;
 pub mod info;
 pub mod serve;
 pub mod upload;
+pub mod upload_proxy;
 pub mod vm;
 pub mod wait;
 pub mod worker;

@@ -1,18 +1,22 @@
 //! `diskplane wait dv NAME [--timeout 5m]`: waits until a DataVolume is `Succeeded` (exit 0)
 //! or `Failed` (non-zero, with the failure reason and message), or the timeout passes.
+//! `diskplane wait vs NAME` waits until a VolumeSnapshot is `readyToUse` (its last error is
+//! shown on timeout).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use serde_json::Value;
 
+use controller::api::volumesnapshot;
+
 use super::client::{self, Client, ServerArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct WaitArgs {
-    /// dv (datavolume).
+    /// dv (datavolume) or vs (volumesnapshot).
     kind: String,
-    /// The DataVolume's name.
+    /// The object's name.
     name: String,
     /// Give up after this long: 90s, 5m, 1h (plain numbers are seconds).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
@@ -51,6 +55,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: &WaitArgs) -> Result<()> {
+    if volumesnapshot::is_alias(&args.kind) {
+        return wait_snapshot(args);
+    }
     let resource = client::resource(&args.kind)?;
     if resource != client::DATAVOLUMES {
         bail!("wait supports only dv (DataVolumes)");
@@ -78,6 +85,32 @@ pub fn run(args: &WaitArgs) -> Result<()> {
                 args.name,
                 status["phase"].as_str().filter(|p| !p.is_empty()).unwrap_or("unset"),
                 status["progress"].as_str().unwrap_or("N/A")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits until the VolumeSnapshot is ready to use.
+fn wait_snapshot(args: &WaitArgs) -> Result<()> {
+    let client = Client::new(&args.server.server)?;
+    let path = volumesnapshot::path(&args.server.namespace, Some(&args.name));
+    let deadline = Instant::now() + args.timeout;
+    loop {
+        let answer = client.get(&path)?;
+        if !answer.ok() {
+            bail!("{}", answer.message());
+        }
+        let status = &answer.body["status"];
+        if status["readyToUse"].as_bool() == Some(true) {
+            println!("volumesnapshot.{}/{} condition met", volumesnapshot::SNAPSHOT_GROUP, args.name);
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out waiting for volumesnapshot {} (readyToUse false: {})",
+                args.name,
+                status["error"]["message"].as_str().unwrap_or("no error recorded")
             );
         }
         std::thread::sleep(Duration::from_millis(250));

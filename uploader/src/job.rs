@@ -6,7 +6,8 @@
 //! removed as a stream, raw content streams straight into the volume (zero runs become holes),
 //! a qcow2 is unpacked into a bounded scratch file (its header is checked first, so a hostile
 //! image is refused before it is stored) and converted from there; an uncompressed qcow2 body
-//! goes to the scratch file piece by piece ([`crate::scratch`]).
+//! goes to the scratch file piece by piece ([`crate::scratch`]) and, when the body's length was
+//! announced, is converted while it is still arriving ([`crate::growing`]).
 //!
 //! The job runs in its own task: a client that goes away cannot cancel it half way, and the
 //! backend always hears how it ended. On any failure the partial output is deleted.
@@ -25,8 +26,8 @@ use importer::ArchiveLimits;
 use crate::backend::{Content, UploadBackend, UploadStats, UploadTarget};
 use crate::error::{Error, ErrorReply, Result};
 use crate::pipe::{self, CHANNEL_PIECES, ChannelReader, Chunks, Outcome, Produce};
-use crate::scratch;
 use crate::token::Claims;
+use crate::{growing, scratch};
 
 /// When the client gets its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +89,9 @@ pub(crate) async fn run<C: Chunks>(
     let reader = ChannelReader::new(rx);
     let target = opts.target.clone();
     let content = opts.content;
-    let converter = tokio::task::spawn_blocking(move || write_target(reader, &target, content));
+    // Only a raw body's `Content-Length` is the length of what the converter reads.
+    let body_length = if C::WHOLE_BODY { opts.content_length } else { None };
+    let converter = tokio::task::spawn_blocking(move || write_target(reader, &target, content, body_length));
 
     let backend = Arc::clone(&lease.backend);
     let claims = lease.claims.clone();
@@ -118,7 +121,10 @@ pub(crate) async fn run<C: Chunks>(
         // The body's own failure (dropped connection, checksum) explains the converter's.
         (Err(body), _) => Err(body),
         (Ok(_), Err(convert)) => Err(convert),
-        (Ok((Outcome::Complete, received)), Ok(stats)) => Ok(UploadStats { received, ..stats }),
+        (Ok((Outcome::Complete, received)), Ok(stats)) => {
+            let stats = UploadStats { received, ..stats };
+            lease.backend.commit(&lease.claims, &stats).map(|()| stats)
+        }
         (Ok((Outcome::ReceiverGone, _)), Ok(_)) => {
             Err(Error::Internal("the converter finished before the body did".into()))
         }
@@ -131,10 +137,15 @@ pub(crate) async fn run<C: Chunks>(
 }
 
 /// The blocking half: writes the stream into the volume (or extracts it into the directory)
-/// and puts it in place.
-fn write_target(mut reader: ChannelReader, target: &UploadTarget, content: Content) -> Result<UploadStats> {
+/// and puts it in place. `body_length` is the stream's announced length, if known.
+fn write_target(
+    mut reader: ChannelReader,
+    target: &UploadTarget,
+    content: Content,
+    body_length: Option<u64>,
+) -> Result<UploadStats> {
     let result = match content {
-        Content::Disk => write_volume(&mut reader, target),
+        Content::Disk => write_volume(&mut reader, target, body_length),
         Content::Archive => write_archive(&reader, target),
     };
     if result.is_err() {
@@ -158,7 +169,11 @@ fn write_archive(reader: &ChannelReader, target: &UploadTarget) -> Result<Upload
     })
 }
 
-fn write_volume(reader: &mut ChannelReader, target: &UploadTarget) -> Result<UploadStats> {
+fn write_volume(
+    reader: &mut ChannelReader,
+    target: &UploadTarget,
+    body_length: Option<u64>,
+) -> Result<UploadStats> {
     let out = Output::prepare(&target.path)?;
     let sniffed = sniff(Box::new(reader.clone()))?;
     let (format, wrappers) = (sniffed.format, sniffed.wrappers.clone());
@@ -176,9 +191,14 @@ fn write_volume(reader: &mut ChannelReader, target: &UploadTarget) -> Result<Upl
         // pieces that follow go straight to the scratch file.
         let head = sniffed.head;
         let bound = scratch::bound(&head, &open);
-        let file = scratch::write(&head, reader, &target.scratch_dir, bound)?;
-        let image = open_as(Arc::new(file), Format::Qcow2, &open)?;
-        convert_image(&*image, &volume, &ConvertOptions::default())?
+        if let Some(size) = body_length {
+            // Converted while it arrives: done shortly after the last byte.
+            growing::convert_while_receiving(&head, reader, &target.scratch_dir, size, bound, &open, &volume)?
+        } else {
+            let file = scratch::write(&head, reader, &target.scratch_dir, bound)?;
+            let image = open_as(Arc::new(file), Format::Qcow2, &open)?;
+            convert_image(&*image, &volume, &ConvertOptions::default())?
+        }
     } else {
         let scratch = ScratchOptions { dir: &target.scratch_dir };
         convert_sniffed(sniffed, &volume, &scratch, &open, &ConvertOptions::default())?

@@ -12,6 +12,9 @@
 //!   with [`tls::server_config`].
 //! - [`backend::UploadBackend`] is what the embedded server implements over its state store;
 //!   [`backend::SingleVolumeBackend`] is one volume, one upload (the worker role).
+//! - [`proxy::router`]: the cluster's upload proxy (`diskplane upload-proxy`): verifies a
+//!   token with the DataVolume's derived key ([`token::TokenKey::derive`]) and streams the
+//!   upload to the DataVolume's upload Pod.
 //! - [`client`] sends an image (streaming, with progress and retries) and drives the embedded
 //!   API's DataVolume / UploadTokenRequest flow.
 //! - [`Error`]: one enum; [`Error::kind`] maps to `disk_formats::ErrorKind`, [`Error::status`]
@@ -23,7 +26,9 @@
 //! the volume with zero runs left as holes, a qcow2 is unpacked to a scratch file bounded by
 //! its header (after its header was checked, so backing files are refused before anything is
 //! stored; an uncompressed one is written there piece by piece as it arrives, one write per
-//! run of non-zero blocks) and converted from there. An archive volume's body is unwrapped and
+//! run of non-zero blocks) and converted from there: while it is still arriving when the raw
+//! body's `Content-Length` announced its size (reads of bytes not yet written wait), after the
+//! last byte otherwise. An archive volume's body is unwrapped and
 //! extracted by `importer::archive` into a staging directory, renamed into place at the end.
 //! A file volume is written under a temporary name and renamed into place only after it was
 //! flushed and every check passed (checksum included).
@@ -43,8 +48,10 @@
 pub mod backend;
 pub mod client;
 mod error;
+mod growing;
 mod job;
 mod pipe;
+pub mod proxy;
 mod scratch;
 pub mod server;
 pub mod tls;

@@ -24,11 +24,17 @@ pub(crate) const DRAIN_LIMIT_BYTES: u64 = 64 << 20;
 
 /// A source of body chunks: the raw body or one multipart field.
 pub(crate) trait Chunks: Send {
+    /// Whether the chunks are the whole request body, so that its `Content-Length` is their
+    /// length (a multipart field is only part of it).
+    const WHOLE_BODY: bool = false;
+
     /// The next chunk, `None` at the end, or the HTTP layer's error text.
     fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, String>> + Send;
 }
 
 impl Chunks for axum::body::BodyDataStream {
+    const WHOLE_BODY: bool = true;
+
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
         use futures_util::StreamExt;
         match self.next().await {

@@ -7,6 +7,9 @@
 //! blocks: no copy into a buffer of our own, a few thousand writes per GiB instead of a quarter
 //! of a million. All-zero blocks stay holes, so the scratch file is as sparse as the image.
 //!
+//! [`fill`] reports its progress after every piece, so that a converter can read the file
+//! while it is still being written ([`crate::growing`]).
+//!
 //! ## Caveats
 //! Compressed bodies (gzip, xz, zstd around a qcow2) still take the shared path: their
 //! unwrapped bytes exist only inside the decompressor.
@@ -47,29 +50,65 @@ pub(crate) fn bound(head: &[u8], open: &OpenOptions) -> u64 {
 /// `TooLarge` beyond `bound`; the stream's error when it stops without its end marker; I/O
 /// errors of the scratch file.
 pub(crate) fn write(head: &[u8], reader: &mut ChannelReader, dir: &Path, bound: u64) -> Result<File> {
-    let file = tempfile::tempfile_in(dir)
-        .map_err(|e| disk_formats::Error::io(format!("creating a scratch file in {}", dir.display()), e))?;
+    let file = create(dir)?;
+    fill(&file, head, reader, bound, &mut |_| true)?;
+    Ok(file)
+}
+
+/// A new anonymous scratch file in `dir` (deleted when dropped).
+///
+/// # Errors
+/// I/O errors creating it.
+pub(crate) fn create(dir: &Path) -> Result<File> {
+    tempfile::tempfile_in(dir).map_err(|e| {
+        disk_formats::Error::io(format!("creating a scratch file in {}", dir.display()), e).into()
+    })
+}
+
+/// Writes `head` and then the rest of `reader` (up to its end marker) into `file` from offset
+/// 0, at most `bound` bytes. After each piece, `written` is called with the bytes written so
+/// far (everything below is on the file or a hole that reads as zeros once the file is sized);
+/// when it returns false the fill stops there and returns `None`. Otherwise returns the
+/// length, to which the file is sized at the end.
+///
+/// # Errors
+/// As [`write`].
+pub(crate) fn fill(
+    file: &File,
+    head: &[u8],
+    reader: &mut ChannelReader,
+    bound: u64,
+    written: &mut dyn FnMut(u64) -> bool,
+) -> Result<Option<u64>> {
     let mut at = 0u64;
-    let mut put = |data: &[u8]| -> Result<()> {
-        let end = at.saturating_add(data.len() as u64);
-        if end > bound {
-            return Err(disk_formats::Error::too_large(format!(
-                "the uploaded qcow2 is larger than its header allows ({bound} bytes)"
-            ))
-            .into());
-        }
-        write_sparse(&file, data, at).map_err(|e| disk_formats::Error::io("writing the scratch file", e))?;
-        at = end;
-        Ok(())
-    };
-    put(head)?;
+    put(file, head, &mut at, bound)?;
+    if !written(at) {
+        return Ok(None);
+    }
     while let Some(piece) =
         reader.next_bytes().map_err(|e| disk_formats::Error::io("reading the upload", e))?
     {
-        put(&piece)?;
+        put(file, &piece, &mut at, bound)?;
+        if !written(at) {
+            return Ok(None);
+        }
     }
     file.set_len(at).map_err(|e| disk_formats::Error::io("sizing the scratch file", e))?;
-    Ok(file)
+    Ok(Some(at))
+}
+
+/// Writes `data` at `*at` (sparsely) and moves `*at` past it; refuses to pass `bound`.
+fn put(file: &File, data: &[u8], at: &mut u64, bound: u64) -> Result<()> {
+    let end = at.saturating_add(data.len() as u64);
+    if end > bound {
+        return Err(disk_formats::Error::too_large(format!(
+            "the uploaded qcow2 is larger than its header allows ({bound} bytes)"
+        ))
+        .into());
+    }
+    write_sparse(file, data, *at).map_err(|e| disk_formats::Error::io("writing the scratch file", e))?;
+    *at = end;
+    Ok(())
 }
 
 /// Writes the non-zero [`BLOCK`]s of `data` (placed at `at`), one write per run of them.

@@ -5,6 +5,19 @@
 //! CDI signs a JWT with an RSA key (PS256); nobody outside the server ever verifies a token,
 //! so a shared-key MAC is enough and much cheaper. Tokens are opaque to clients either way.
 //!
+//! ## Per-volume keys (Kubernetes mode)
+//! A cluster has one global key (Secret `diskplane-upload-token-key`), held by the controller,
+//! the upload proxy and the token issuer. Each DataVolume's upload Pod gets only a key
+//! *derived* from it ([`TokenKey::derive`]): the lowercase hex of
+//! HMAC-SHA256(global, `upload/v1/<namespace>/<name>/<uid>`), whose 64 ASCII bytes are the key
+//! (exactly the text the controller writes into the Secret `cdi-upload-<dv>` and the Pod reads
+//! as its key file). Tokens for a DataVolume are signed with its derived key and carry its uid
+//! ([`Claims::uid`]); the proxy reads the (not yet verified) claims with [`peek`], derives the
+//! key they name and verifies with it, so forging claims only selects another key. Kubernetes
+//! namespaces, names and uids never contain `/`, so the label is unambiguous (the proxy refuses
+//! claims that do). A leaked per-volume Secret opens only that volume, and only while the
+//! DataVolume with that uid exists.
+//!
 //! ## Security
 //! The MAC is checked with `hmac`'s constant-time comparison before the payload is parsed.
 //! A token names exactly one volume in one namespace and expires (5 minutes by default, like
@@ -35,6 +48,9 @@ const OPERATION_UPLOAD: &str = "Upload";
 
 const VERSION_PREFIX: &str = "v1.";
 
+/// Start of the label a per-volume key is derived for (see the module docs).
+pub const DERIVATION_PREFIX: &str = "upload/v1/";
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// What a token says.
@@ -52,6 +68,31 @@ pub struct Claims {
     /// Always `Upload`.
     #[serde(rename = "op")]
     pub operation: String,
+    /// The DataVolume's uid: set in tokens for a cluster's upload proxy (it selects the
+    /// per-volume key, see the module docs); empty elsewhere.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    /// The DataVolume's content type: the upload proxy forwards archive uploads to the upload
+    /// server's `/upload-archive` route (signed, so clients cannot change it).
+    #[serde(rename = "ct", default, skip_serializing_if = "UploadContent::is_kubevirt")]
+    pub content: UploadContent,
+}
+
+/// A DataVolume's `contentType`, as far as uploads care.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadContent {
+    /// A disk image (`kubevirt`, the default).
+    #[default]
+    Kubevirt,
+    /// A tar archive extracted into a Filesystem volume (`archive`).
+    Archive,
+}
+
+impl UploadContent {
+    fn is_kubevirt(&self) -> bool {
+        *self == Self::Kubevirt
+    }
 }
 
 impl Claims {
@@ -63,7 +104,23 @@ impl Claims {
             iat: now,
             exp: now.saturating_add(ttl.as_secs()),
             operation: OPERATION_UPLOAD.to_owned(),
+            uid: String::new(),
+            content: UploadContent::Kubevirt,
         }
+    }
+
+    /// These claims for the DataVolume with `uid` and content type `content` (cluster tokens,
+    /// signed with the key [`TokenKey::derive`] gives for them).
+    #[must_use]
+    pub fn for_data_volume(mut self, uid: &str, content: UploadContent) -> Self {
+        uid.clone_into(&mut self.uid);
+        self.content = content;
+        self
+    }
+
+    /// Whether these are upload claims (operation `Upload`).
+    pub fn is_upload(&self) -> bool {
+        self.operation == OPERATION_UPLOAD
     }
 }
 
@@ -112,6 +169,16 @@ impl fmt::Debug for TokenKey {
     }
 }
 
+impl PartialEq for TokenKey {
+    /// Constant time in the key's contents (lengths may differ observably).
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self.0.iter().zip(&other.0).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+impl Eq for TokenKey {}
+
 impl TokenKey {
     /// A key from bytes (at least [`MIN_KEY_BYTES`]).
     ///
@@ -152,6 +219,21 @@ impl TokenKey {
             .unwrap_or_else(|_| unreachable!("HMAC accepts any key"))
     }
 
+    /// The per-volume key of the DataVolume `namespace/name` with `uid`, as text: lowercase hex
+    /// of HMAC-SHA256(self, `upload/v1/<namespace>/<name>/<uid>`) (what the controller writes
+    /// into the upload Pod's Secret).
+    pub fn derive_hex(&self, namespace: &str, name: &str, uid: &str) -> String {
+        let mut mac = self.mac();
+        mac.update(format!("{DERIVATION_PREFIX}{namespace}/{name}/{uid}").as_bytes());
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The per-volume key of the DataVolume `namespace/name` with `uid`: the 64 ASCII bytes of
+    /// [`TokenKey::derive_hex`] (as the upload Pod reads them from its key file).
+    pub fn derive(&self, namespace: &str, name: &str, uid: &str) -> TokenKey {
+        TokenKey(self.derive_hex(namespace, name, uid).into_bytes())
+    }
+
     /// Signs `claims` into a token.
     pub fn issue(&self, claims: &Claims) -> String {
         // Serializing plain strings and integers cannot fail.
@@ -169,18 +251,14 @@ impl TokenKey {
     /// [`TokenError::Malformed`], [`TokenError::BadSignature`], [`TokenError::Expired`],
     /// [`TokenError::NotYetValid`].
     pub fn decode(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
-        let body = token.strip_prefix(VERSION_PREFIX).ok_or(TokenError::Malformed("unknown version"))?;
-        let (payload, tag) = body.split_once('.').ok_or(TokenError::Malformed("no signature"))?;
+        let (payload, tag) = split(token)?;
         let tag =
             URL_SAFE_NO_PAD.decode(tag).map_err(|_| TokenError::Malformed("signature is not base64url"))?;
         let mut mac = self.mac();
         mac.update(VERSION_PREFIX.as_bytes());
         mac.update(payload.as_bytes());
         mac.verify_slice(&tag).map_err(|_| TokenError::BadSignature)?;
-        let json =
-            URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed("payload is not base64url"))?;
-        let claims: Claims = serde_json::from_slice(&json)
-            .map_err(|_| TokenError::Malformed("payload is not upload claims"))?;
+        let claims = parse_payload(payload)?;
         if now >= claims.exp {
             return Err(TokenError::Expired { ago: now - claims.exp });
         }
@@ -204,6 +282,29 @@ impl TokenKey {
         }
         Ok(claims)
     }
+}
+
+/// The payload and the signature of a token.
+fn split(token: &str) -> Result<(&str, &str), TokenError> {
+    let body = token.strip_prefix(VERSION_PREFIX).ok_or(TokenError::Malformed("unknown version"))?;
+    body.split_once('.').ok_or(TokenError::Malformed("no signature"))
+}
+
+fn parse_payload(payload: &str) -> Result<Claims, TokenError> {
+    let json =
+        URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed("payload is not base64url"))?;
+    serde_json::from_slice(&json).map_err(|_| TokenError::Malformed("payload is not upload claims"))
+}
+
+/// The claims of a token **without verifying anything**: only to pick the key to verify it
+/// with (the upload proxy derives the per-volume key from the namespace, name and uid read
+/// here, then calls [`TokenKey::decode`] with it). Never trust them otherwise.
+///
+/// # Errors
+/// [`TokenError::Malformed`] when it is not a token of ours.
+pub fn peek(token: &str) -> Result<Claims, TokenError> {
+    let (payload, _) = split(token)?;
+    parse_payload(payload)
 }
 
 /// Seconds since the Unix epoch, now.
@@ -294,6 +395,53 @@ mod tests {
         assert!(TokenKey::from_bytes(vec![1; 15]).is_err());
         assert_eq!(TokenKey::random().unwrap().0.len(), 32);
         assert_eq!(format!("{:?}", key()), "TokenKey(<redacted>)");
+    }
+
+    #[test]
+    fn derived_keys_are_hmac_of_the_volume_label_and_differ_per_volume() {
+        let global = key();
+        let derived = global.derive_hex("ns", "disk", "uid-1");
+        // HMAC-SHA256("0123456789abcdef0123456789abcdef", "upload/v1/ns/disk/uid-1"), computed
+        // independently with `openssl dgst -sha256 -hmac`.
+        assert_eq!(derived, DERIVED_NS_DISK_UID1);
+        assert_eq!(global.derive("ns", "disk", "uid-1"), TokenKey::from_bytes(derived.into_bytes()).unwrap());
+        for (ns, name, uid) in [("ns", "disk", "uid-2"), ("ns", "disk2", "uid-1"), ("ns2", "disk", "uid-1")] {
+            assert_ne!(global.derive_hex(ns, name, uid), DERIVED_NS_DISK_UID1, "{ns}/{name}/{uid}");
+        }
+        let other = TokenKey::from_bytes(vec![7u8; 32]).unwrap();
+        assert_ne!(other.derive_hex("ns", "disk", "uid-1"), DERIVED_NS_DISK_UID1);
+    }
+
+    /// See `derived_keys_are_hmac_of_the_volume_label_and_differ_per_volume`.
+    const DERIVED_NS_DISK_UID1: &str = "1cd6c629394583340cbf1304f8217708d4586f378e5ecbd081bbd1b49bcf93a4";
+
+    #[test]
+    fn a_token_signed_with_a_derived_key_verifies_only_with_that_key() {
+        let global = key();
+        let claims =
+            Claims::upload("ns", "disk", NOW, DEFAULT_TTL).for_data_volume("uid-1", UploadContent::Archive);
+        let token = global.derive("ns", "disk", "uid-1").issue(&claims);
+
+        let seen = peek(&token).unwrap();
+        assert_eq!((seen.uid.as_str(), seen.content), ("uid-1", UploadContent::Archive));
+        let verified = global.derive(&seen.namespace, &seen.name, &seen.uid).decode(&token, NOW).unwrap();
+        assert_eq!(verified, claims);
+        assert_eq!(global.decode(&token, NOW), Err(TokenError::BadSignature));
+        assert_eq!(global.derive("ns", "disk", "uid-2").decode(&token, NOW), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn claims_without_uid_keep_the_old_wire_format() {
+        let token = key().issue(&Claims::upload("ns", "disk", NOW, DEFAULT_TTL));
+        let (payload, _) = split(&token).unwrap();
+        let json = String::from_utf8(URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            format!(r#"{{"ns":"ns","name":"disk","iat":{NOW},"exp":{},"op":"Upload"}}"#, NOW + 300)
+        );
+        let claims = peek(&token).unwrap();
+        assert_eq!((claims.uid.as_str(), claims.content), ("", UploadContent::Kubevirt));
+        assert!(matches!(peek("v1.!!.x"), Err(TokenError::Malformed(_))));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod datavolume;
 pub mod meta;
 pub mod storageprofile;
 pub mod upload;
+pub mod volumesnapshot;
 
 pub use datasource::{
     DataImportCron, DataImportCronSpec, DataImportCronStatus, DataSource, DataSourceSource, DataSourceSpec,
@@ -24,3 +25,4 @@ pub use datavolume::{
 pub use meta::{Condition, ConditionStatus, NamespacedName, ObjectMeta, Timestamp};
 pub use storageprofile::{ClaimPropertySet, StorageProfile, StorageProfileSpec, StorageProfileStatus};
 pub use upload::{UPLOAD_API_VERSION, UploadTokenRequest, UploadTokenRequestSpec, UploadTokenRequestStatus};
+pub use volumesnapshot::{VolumeSnapshot, VolumeSnapshotSpec, VolumeSnapshotStatus};

@@ -58,6 +58,11 @@ pub struct ClusterConfig {
     /// CDI's `HonorWaitForFirstConsumer` feature gate: on WaitForFirstConsumer storage, wait for
     /// the DataVolume's consumer instead of binding the PVC with the worker Pod.
     pub honor_wait_for_first_consumer: bool,
+    /// The cluster's global upload token key (`--upload-token-key`): each upload Pod's Secret
+    /// gets the key derived from it for its DataVolume (`uploader::token` module docs), which
+    /// the upload proxy derives too. `None`: a random key per DataVolume (the proxy then cannot
+    /// verify tokens for it).
+    pub upload_token_key: Option<uploader::token::TokenKey>,
 }
 
 impl ClusterConfig {
@@ -68,6 +73,7 @@ impl ClusterConfig {
             pull_policy: None,
             plan: PlanConfig::default(),
             honor_wait_for_first_consumer: true,
+            upload_token_key: None,
         }
     }
 }
@@ -402,6 +408,7 @@ pub fn worker_pod(config: &ClusterConfig, spec: &WorkerSpec<'_>) -> Pod {
             import_env(dv, &mut args, &mut env_vars, &mut volumes, &mut mounts);
         }
         WorkerRole::Upload => {
+            env_vars.push(env("UPLOAD_CONTENTTYPE", dv.spec.content_type()));
             args.extend(
                 [
                     "--size",
@@ -652,8 +659,9 @@ pub fn upload_service(dv: &DataVolume) -> Service {
 /// Label on upload Pods naming their Service, so each Service selects exactly its Pod.
 pub const ANN_UPLOAD_SERVICE_SELECTOR: &str = "cdi.kubevirt.io/uploadTarget";
 
-/// The Secret holding the key the upload server checks tokens with: one random key per
-/// DataVolume (`token_key`, hex), so a token for one volume never opens another.
+/// The Secret holding the key the upload server checks tokens with: one key per DataVolume
+/// (`token_key`, hex; derived from the global key, see [`ClusterConfig::upload_token_key`]),
+/// so a token for one volume never opens another.
 pub fn upload_secret(dv: &DataVolume, token_key: &str) -> k8s_openapi::api::core::v1::Secret {
     k8s_openapi::api::core::v1::Secret {
         metadata: ObjectMeta {
@@ -667,6 +675,18 @@ pub fn upload_secret(dv: &DataVolume, token_key: &str) -> k8s_openapi::api::core
         type_: Some("Opaque".to_owned()),
         ..Default::default()
     }
+}
+
+/// The key of `dv`'s upload Secret when the cluster has a global upload key: the key derived
+/// for the DataVolume's namespace, name and uid (`uploader::token::TokenKey::derive_hex`, what
+/// the upload proxy derives to verify its tokens). `None`: no global key, use a random one.
+pub fn derived_upload_key(config: &ClusterConfig, dv: &DataVolume) -> Option<String> {
+    let global = config.upload_token_key.as_ref()?;
+    Some(global.derive_hex(
+        dv.metadata.namespace(),
+        dv.metadata.name(),
+        dv.metadata.uid.as_deref().unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]

@@ -20,11 +20,15 @@
 //! - [`metrics`]: a running worker's progress from its metrics endpoint.
 //! - [`observe`]: PVC / Pod / termination message / metrics → `plan`'s observation.
 //! - [`reconcile`]: [`reconcile::reconcile`] and [`reconcile::Context`].
-//! - [`run`]: `diskplane controller` (informers + `runtime::Controller`).
+//! - [`run`]: `diskplane controller` (informers + `runtime::Controller`s).
+//! - [`catalog`]: the DataSource and DataImportCron controllers (the pure plans of
+//!   [`crate::catalog`], shared with embedded mode).
+//! - [`storageprofile`]: one StorageProfile per StorageClass, status from a provisioner table.
 //!
 //! ## Caveats
-//! - Only DataVolumes are reconciled; DataSource, DataImportCron and StorageProfile controllers
-//!   are not written yet (the catalog plans exist in [`crate::catalog`]).
+//! - The catalog controllers have caveats of their own ([`catalog`], [`storageprofile`]):
+//!   registry-only crons without `secretRef`/`certConfigMap`, no `snapshot` source format, a
+//!   small provisioner table.
 //! - Smart clones (csi-clone, snapshot) work within one namespace; across namespaces they fall
 //!   back to host-assisted copy. VolumeSnapshot sources in another namespace are refused.
 //! - Phases of smart clones are `CloneScheduled` → `Succeeded`, not CDI's
@@ -34,14 +38,17 @@
 //!   target's, but no TLS material yet (no certificate generator in the dependency tree): the
 //!   source serves plain TCP on port 8444 (`--insecure`), so the token and the disk bytes
 //!   cross the Pod network unencrypted. The Secrets live until the DataVolume is deleted.
-//! - The upload Pod gets a per-DataVolume token key Secret, but the upload proxy and
-//!   `UploadTokenRequest` serving are not built.
+//! - The upload Pod gets a per-DataVolume token key Secret derived from the global key
+//!   (`uploader::token`), which `diskplane upload-proxy` derives too to check tokens before
+//!   forwarding; the proxy reaches upload Pods over plain HTTP (no certificates yet), and
+//!   nothing in a cluster serves `UploadTokenRequest` yet.
 //! - Cross-namespace clones watch all namespaces: with `--namespace` the source PVC of another
 //!   namespace is not in the caches and the clone waits for it.
 //! - Status is written as a JSON merge patch: a field `plan` drops (rare: only `extra`) would
 //!   stay.
 
 pub mod build;
+pub mod catalog;
 pub mod clone;
 pub mod crd;
 pub mod error;
@@ -51,5 +58,6 @@ pub mod observe;
 pub mod reconcile;
 pub mod resource;
 pub mod run;
+pub mod storageprofile;
 
 pub use error::{Error, Result};

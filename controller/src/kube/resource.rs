@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 
 use super::error::{Error, Result};
 use crate::api::{
-    DataSourceSpec, DataSourceStatus, DataVolumeSpec, DataVolumeStatus, StorageProfileSpec,
-    StorageProfileStatus,
+    DataImportCronSpec, DataImportCronStatus, DataSourceSpec, DataSourceStatus, DataVolumeSpec,
+    DataVolumeStatus, StorageProfileSpec, StorageProfileStatus,
 };
 
 /// `cdi.kubevirt.io`.
@@ -27,6 +27,8 @@ pub type DataVolumeObject = Object<DataVolumeSpec, DataVolumeStatus>;
 pub type StorageProfileObject = Object<StorageProfileSpec, StorageProfileStatus>;
 /// A DataSource as kube-rs reads it.
 pub type DataSourceObject = Object<DataSourceSpec, DataSourceStatus>;
+/// A DataImportCron as kube-rs reads it.
+pub type DataImportCronObject = Object<DataImportCronSpec, DataImportCronStatus>;
 /// A VolumeSnapshot (`snapshot.storage.k8s.io/v1`, not in k8s-openapi): spec and status kept
 /// as JSON.
 pub type VolumeSnapshotObject = Object<serde_json::Value, serde_json::Value>;
@@ -48,6 +50,11 @@ pub fn storage_profiles() -> ApiResource {
 /// `datasources.cdi.kubevirt.io/v1beta1`.
 pub fn data_sources() -> ApiResource {
     cdi("DataSource", "datasources")
+}
+
+/// `dataimportcrons.cdi.kubevirt.io/v1beta1`.
+pub fn data_import_crons() -> ApiResource {
+    cdi("DataImportCron", "dataimportcrons")
 }
 
 /// `volumesnapshots.snapshot.storage.k8s.io/v1`.

@@ -1,10 +1,20 @@
-//! `diskplane controller`: the DataVolume controller on a cluster (kube-rs runtime).
+//! `diskplane controller`: the DataVolume, DataSource, DataImportCron and StorageProfile
+//! controllers on a cluster (kube-rs runtime), run side by side until SIGTERM / Ctrl-C.
 //!
 //! One `runtime::Controller` for DataVolumes, triggered by the PVCs and Pods they own, plus
 //! informers (reflector caches) for PVCs, Pods, StorageClasses, StorageProfiles, DataSources
 //! and DataVolumes that the reconciler observes through. The caches watch their own streams
 //! (the controller's owner triggers watch PVCs and Pods too: two watches each, simple and
 //! correct; shared streams need kube's unstable runtime features).
+//!
+//! The catalog controllers ([`super::catalog`]): DataSources, triggered by the PVCs and
+//! DataVolumes their `pvc` sources name and by the DataSources they reference; DataImportCrons,
+//! triggered by the DataVolumes and DataSources labelled with them. StorageProfiles: one
+//! controller on StorageClasses that owns them ([`super::storageprofile`]).
+//!
+//! Registries a DataImportCron polls over plain HTTP are [`ControllerOptions::insecure_registries`]
+//! (`diskplane controller --insecure-registry host:port`, or the environment variable
+//! [`INSECURE_REGISTRIES_ENV`], comma-separated).
 
 use std::sync::Arc;
 
@@ -19,12 +29,17 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use serde::de::DeserializeOwned;
 
 use super::build::ClusterConfig;
+use super::catalog::datasource::{self, dependents_of_source, dependents_of_volume};
+use super::catalog::{CatalogContext, RegistryDigests, cron};
 use super::error::{Error, Result};
 use super::names::MANAGER;
 use super::reconcile::{Caches, Context, HttpMetrics, error_policy, random_token_key, reconcile};
 use super::resource::{
-    DataSourceObject, DataVolumeObject, StorageProfileObject, data_sources, data_volumes, storage_profiles,
+    DataImportCronObject, DataSourceObject, DataVolumeObject, StorageProfileObject, data_import_crons,
+    data_sources, data_volumes, storage_profiles,
 };
+use super::storageprofile::{self, ProfileContext};
+use crate::catalog::LABEL_CRON;
 use crate::local::now;
 
 /// What `diskplane controller` runs with.
@@ -33,6 +48,8 @@ pub struct ControllerOptions {
     /// Only this namespace (`None`: all namespaces; cluster-scoped objects always).
     pub namespace: Option<String>,
     pub config: ClusterConfig,
+    /// Registry hosts (`host:port`) DataImportCrons poll over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 /// A built-in namespaced resource in one namespace or all.
@@ -73,7 +90,17 @@ where
     reader
 }
 
-/// Runs the DataVolume controller until the process is told to stop (SIGTERM / Ctrl-C).
+/// Comma-separated registry hosts (`host:port`) DataImportCrons poll over plain HTTP.
+pub const INSECURE_REGISTRIES_ENV: &str = "DISKPLANE_INSECURE_REGISTRIES";
+
+/// Prints a failed reconcile (the controller retries it per its error policy).
+async fn report<T, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(e) = result {
+        eprintln!("diskplane controller: {e}");
+    }
+}
+
+/// Runs the controllers until the process is told to stop (SIGTERM / Ctrl-C).
 ///
 /// # Errors
 /// [`Error::Client`] when no cluster can be reached from the environment.
@@ -102,16 +129,99 @@ pub async fn run(options: ControllerOptions) -> Result<()> {
         token_key: random_token_key,
     });
     let dvs = dynamic_api::<DataVolumeObject>(&client, ns, &data_volumes());
-    Controller::new_with(dvs, watcher::Config::default(), data_volumes())
+    let data_volume_controller = Controller::new_with(dvs, watcher::Config::default(), data_volumes())
         .owns(api::<PersistentVolumeClaim>(&client, ns), watcher::Config::default())
         .owns(api::<Pod>(&client, ns), watcher::Config::default())
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                eprintln!("diskplane controller: {e}");
-            }
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(report);
+
+    // DataSources: their sources' PVCs and DataVolumes, and the DataSources they reference.
+    let config = watcher::Config::default();
+    let ds_controller = Controller::new_with(
+        dynamic_api::<DataSourceObject>(&client, ns, &data_sources()),
+        config.clone(),
+        data_sources(),
+    );
+    let (by_pvc, by_dv, by_ds) = (ds_controller.store(), ds_controller.store(), ds_controller.store());
+    let ds_controller = ds_controller
+        .watches(api::<PersistentVolumeClaim>(&client, ns), config.clone(), move |pvc| {
+            let (ns, name) =
+                (pvc.metadata.namespace.unwrap_or_default(), pvc.metadata.name.unwrap_or_default());
+            dependents_of_volume(&by_pvc, &ns, &name)
         })
-        .await;
+        .watches_with(
+            dynamic_api::<DataVolumeObject>(&client, ns, &data_volumes()),
+            data_volumes(),
+            config.clone(),
+            move |dv| {
+                let (ns, name) =
+                    (dv.metadata.namespace.unwrap_or_default(), dv.metadata.name.unwrap_or_default());
+                dependents_of_volume(&by_dv, &ns, &name)
+            },
+        )
+        .watches_with(
+            dynamic_api::<DataSourceObject>(&client, ns, &data_sources()),
+            data_sources(),
+            config.clone(),
+            move |ds| {
+                let (ns, name) =
+                    (ds.metadata.namespace.unwrap_or_default(), ds.metadata.name.unwrap_or_default());
+                dependents_of_source(&by_ds, &ns, &name)
+            },
+        );
+
+    // DataImportCrons: the DataVolumes and DataSources labelled with them.
+    let labelled = watcher::Config::default().labels(LABEL_CRON);
+    let cron_controller = Controller::new_with(
+        dynamic_api::<DataImportCronObject>(&client, ns, &data_import_crons()),
+        config.clone(),
+        data_import_crons(),
+    )
+    .watches_with(
+        dynamic_api::<DataVolumeObject>(&client, ns, &data_volumes()),
+        data_volumes(),
+        labelled.clone(),
+        |dv| cron::cron_of(dv.metadata.labels.as_ref(), dv.metadata.namespace.as_deref()),
+    )
+    .watches_with(
+        dynamic_api::<DataSourceObject>(&client, ns, &data_sources()),
+        data_sources(),
+        labelled,
+        |ds| cron::cron_of(ds.metadata.labels.as_ref(), ds.metadata.namespace.as_deref()),
+    );
+
+    let insecure_registries = options.insecure_registries.clone();
+    let catalog = Arc::new(CatalogContext {
+        client: client.clone(),
+        pvcs: ctx.caches.pvcs.clone(),
+        data_volumes: ctx.caches.data_volumes.clone(),
+        data_sources: ds_controller.store(),
+        crons: cron_controller.store(),
+        digests: Arc::new(RegistryDigests { insecure_registries }),
+        now,
+    });
+    let ds_controller = ds_controller
+        .shutdown_on_signal()
+        .run(datasource::reconcile, datasource::error_policy, catalog.clone())
+        .for_each(report);
+    let cron_controller = cron_controller
+        .shutdown_on_signal()
+        .run(cron::reconcile, cron::error_policy, catalog)
+        .for_each(report);
+
+    // StorageProfiles: one per StorageClass.
+    let profiles = Arc::new(ProfileContext { client: client.clone(), profiles: ctx.caches.profiles.clone() });
+    let profile_controller = Controller::new(Api::<StorageClass>::all(client.clone()), config.clone())
+        .owns_with(
+            Api::<StorageProfileObject>::all_with(client.clone(), &storage_profiles()),
+            storage_profiles(),
+            config,
+        )
+        .shutdown_on_signal()
+        .run(storageprofile::reconcile, storageprofile::error_policy, profiles)
+        .for_each(report);
+
+    tokio::join!(data_volume_controller, ds_controller, cron_controller, profile_controller);
     Ok(())
 }

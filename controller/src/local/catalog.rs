@@ -9,7 +9,8 @@
 //!    made again. `CreateDataVolume` goes through [`Driver::create`] like an applied
 //!    DataVolume, so the DataVolume loop imports it; `DeleteDataVolume` goes through
 //!    [`Driver::delete`] (the volume goes with it).
-//! 2. for every DataSource: [`data_source_status`] from its PVC (a DataVolume's volume here).
+//! 2. for every DataSource: [`data_source_status`] from its PVC (a DataVolume's volume here),
+//!    or from its VolumeSnapshot's `readyToUse` ([`super::snapshot`]).
 //! 3. retention: every DataVolume and DataSource for which [`cleanup_due`] holds (labelled
 //!    for cleanup by a `retentionPolicy: None` cron that is gone) is deleted.
 //! 4. last use: every clone DataVolume that reads an import ([`clone_source`]) refreshes the
@@ -409,6 +410,9 @@ impl Driver {
 
     /// Keeps a DataSource's Ready condition in step with its PVC. Returns whether it changed.
     fn reconcile_data_source(&self, ds: &DataSource) -> Result<bool> {
+        if ds.spec.source.pvc.is_none() && ds.spec.source.snapshot.is_some() {
+            return self.reconcile_snapshot_data_source(ds);
+        }
         let Some(uid) = ds.metadata.uid.as_deref() else { return Ok(false) };
         let namespace = ds.metadata.namespace();
         let observed = match &ds.spec.source.pvc {

@@ -27,15 +27,17 @@
 //! - The loop is level-triggered over *all* DataVolumes: it runs on every change and at least
 //!   once a second. Fine for the hundreds of volumes of one machine, not for a cluster.
 //! - `secretRef` / `certConfigMap` name Kubernetes objects that do not exist here: such
-//!   DataVolumes fail with a message saying so. Snapshot sources are not supported yet and
-//!   fail the same way. `volumeMode: Block` volumes are loop devices over pool files
+//!   DataVolumes fail with a message saying so. `volumeMode: Block` volumes are loop devices over pool files
 //!   ([`block`]; needs root), shown as the annotation [`DEVICE_ANNOTATION`]. `contentType: archive`
-//!   (http sources) is extracted into the volume's `fs/` directory instead of `disk.img`.
+//!   (http and upload sources) is extracted into the volume's `fs/` directory instead of `disk.img`.
+//! - VolumeSnapshots ([`snapshot`]) are copies in the pool, restored by DataVolumes with
+//!   `source.snapshot` (or a `sourceRef` DataSource with `source.snapshot`) like pvc clones.
 
 pub mod block;
 pub mod catalog;
 pub mod error;
 pub mod pool;
+pub mod snapshot;
 pub mod store;
 pub mod upload;
 pub mod vm;
@@ -54,7 +56,8 @@ use store::Store;
 use worker::{Job, Target, Workers};
 
 use crate::api::datavolume::{CONTENT_TYPE_ARCHIVE, CONTENT_TYPE_KUBEVIRT, SourceKind, reason};
-use crate::api::{DataSource, DataVolume, DataVolumePhase, Timestamp};
+use crate::api::volumesnapshot::VOLUMESNAPSHOTS;
+use crate::api::{DataSource, DataVolume, DataVolumePhase, NamespacedName, Timestamp};
 use crate::plan::{Observed, PlanConfig, SourceState, Step, WorkerFailure, WorkerKind, WorkerState, plan};
 
 /// Resource name of DataVolumes in paths and store keys.
@@ -110,6 +113,8 @@ pub struct Driver {
     lock: tokio::sync::Mutex<()>,
     /// Running VirtualMachines.
     vms: vm::Vms,
+    /// VolumeSnapshot copies in progress.
+    takes: snapshot::Takes,
     opts: DriverOptions,
 }
 
@@ -139,7 +144,9 @@ impl Driver {
         let wake = Arc::new(Notify::new());
         let workers = Workers::new(pool.clone(), opts.concurrency, Arc::clone(&wake));
         let vms = vm::Vms::new(opts.vm.clone());
-        Ok(Arc::new(Driver { store, pool, workers, wake, lock: tokio::sync::Mutex::new(()), vms, opts }))
+        let takes = snapshot::Takes::new(pool.clone(), opts.concurrency, Arc::clone(&wake));
+        let lock = tokio::sync::Mutex::new(());
+        Ok(Arc::new(Driver { store, pool, workers, wake, lock, vms, takes, opts }))
     }
 
     /// The state store (reads and watches; writes go through the driver).
@@ -172,7 +179,8 @@ impl Driver {
         Ok(created)
     }
 
-    /// Deletes an object; a DataVolume's worker is stopped and its volume removed.
+    /// Deletes an object; a DataVolume's worker is stopped and its volume removed, a
+    /// VolumeSnapshot's copy is stopped and removed.
     ///
     /// # Errors
     /// [`Error::NotFound`]; [`Error::Store`]; [`Error::Io`] when the volume cannot be removed
@@ -183,6 +191,9 @@ impl Driver {
         if resource == DATAVOLUMES {
             self.workers.remove(namespace, name);
             self.pool.remove(namespace, name)?;
+        }
+        if resource == VOLUMESNAPSHOTS {
+            self.remove_snapshot(namespace, name)?;
         }
         self.wake.notify_one();
         Ok(object)
@@ -245,6 +256,13 @@ impl Driver {
                 Ok(w) => worked | w,
                 Err(e) => {
                     eprintln!("diskplane serve: reconcile catalogs: {}", worker::one_line(&e));
+                    worked
+                }
+            };
+            let worked = match self.reconcile_snapshots().await {
+                Ok(w) => worked | w,
+                Err(e) => {
+                    eprintln!("diskplane serve: reconcile snapshots: {}", worker::one_line(&e));
                     worked
                 }
             };
@@ -374,8 +392,8 @@ impl Driver {
             return refuse(why);
         }
         let archive = spec.content_type() == CONTENT_TYPE_ARCHIVE;
-        if archive && source.and_then(|s| s.kind()) != Some(SourceKind::Http) {
-            return refuse("contentType: archive is supported for http sources only".into());
+        if archive && !matches!(source.and_then(|s| s.kind()), Some(SourceKind::Http | SourceKind::Upload)) {
+            return refuse("contentType: archive is supported for http and upload sources only".into());
         }
         if !archive && spec.content_type() != CONTENT_TYPE_KUBEVIRT && kind != WorkerKind::Blank {
             return refuse(format!(
@@ -454,35 +472,44 @@ impl Driver {
 
     /// For a clone: the source's `disk.img` (or why it cannot be used), and its state for
     /// `plan`. A PVC here is a DataVolume's volume; it counts once that DataVolume succeeded.
+    /// A VolumeSnapshot counts once it is ready to use ([`Driver::snapshot_clone_source`]).
+    /// Sources in other namespaces are allowed (embedded mode has no users to authorize).
     fn clone_source(&self, dv: &DataVolume) -> (std::result::Result<PathBuf, String>, SourceState) {
         let source = dv.spec.source.as_ref();
         let kind = source.and_then(|s| s.kind());
+        let in_ns = |mut reference: NamespacedName, ns: &str| {
+            if reference.namespace.is_empty() {
+                reference.namespace = ns.to_owned();
+            }
+            reference
+        };
         let pvc = match (kind, &dv.spec.source_ref) {
             (Some(SourceKind::Pvc), _) => source.and_then(|s| s.pvc.clone()),
             (None, Some(r)) if r.kind == "DataSource" => {
                 let ns = r.namespace.clone().unwrap_or_else(|| dv.metadata.namespace().to_owned());
                 let ds = self.store.get(DATASOURCES, &ns, &r.name).ok().flatten();
                 let ds: Option<DataSource> = ds.and_then(|v| serde_json::from_value(v).ok());
-                match ds.and_then(|d| d.spec.source.pvc) {
-                    Some(mut pvc) => {
-                        if pvc.namespace.is_empty() {
-                            pvc.namespace = ns;
-                        }
-                        Some(pvc)
+                let source = ds.map(|d| d.spec.source);
+                match source.as_ref().map(|s| (&s.pvc, &s.snapshot)) {
+                    Some((Some(pvc), _)) => Some(in_ns(pvc.clone(), &ns)),
+                    Some((None, Some(snapshot))) => {
+                        let snapshot = in_ns(snapshot.clone(), &ns);
+                        return self.snapshot_clone_source(&snapshot.namespace, &snapshot.name);
                     }
-                    None => {
+                    _ => {
                         return (
-                            Err(format!("DataSource {ns}/{} has no PVC source", r.name)),
+                            Err(format!("DataSource {ns}/{} has no PVC or snapshot source", r.name)),
                             SourceState::Missing,
                         );
                     }
                 }
             }
             (Some(SourceKind::Snapshot), _) => {
-                return (
-                    Err("snapshot sources are not supported by the embedded driver".into()),
-                    SourceState::Present { size_bytes: 0 },
-                );
+                let Some(snapshot) = source.and_then(|s| s.snapshot.clone()) else {
+                    return (Err("no snapshot source".into()), SourceState::Missing);
+                };
+                let snapshot = in_ns(snapshot, dv.metadata.namespace());
+                return self.snapshot_clone_source(&snapshot.namespace, &snapshot.name);
             }
             _ => return (Err("not a clone".into()), SourceState::NotApplicable),
         };

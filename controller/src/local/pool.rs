@@ -16,6 +16,16 @@
 //! a symbolic link to the device, so `disk.img` still means "finished and checked". A crash
 //! leaves an uncommitted device, which start-up zeroes.
 //!
+//! VolumeSnapshots live in the pool too, so they share the volumes' filesystem (reflinks):
+//!
+//! ```text
+//! .snapshots/<ns>/<name>/snapshot.json        uid of the VolumeSnapshot, restore size, when cut
+//! .snapshots/<ns>/<name>/disk.img             the snapshot, present only once copied and flushed
+//! .snapshots/<ns>/<name>/.disk.img.<uid>.partial   what a running snapshot copy writes
+//! ```
+//! `.snapshots` cannot be a namespace (namespaces are DNS labels). [`Pool::clean_partials`]
+//! deletes partial snapshot copies too.
+//!
 //! Sizes: the volume "capacity" is what a PVC would request (the virtual size inflated by the
 //! filesystem overhead for `storage` DataVolumes); `disk.img` is always exactly the requested
 //! virtual size, never rounded down (CDI's rounding can make a 512 MiB disk 506 MiB).
@@ -37,6 +47,26 @@ const META: &str = "volume.json";
 pub const BACKING: &str = "block.img";
 /// The directory a `contentType: archive` DataVolume is extracted into.
 pub const FILESYSTEM: &str = "fs";
+/// The directory of VolumeSnapshots inside the pool.
+pub const SNAPSHOTS: &str = ".snapshots";
+const SNAPSHOT_META: &str = "snapshot.json";
+
+/// What `snapshot.json` records about a finished snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotMeta {
+    /// The VolumeSnapshot the copy belongs to: a recreated one of the same name takes a new
+    /// copy.
+    pub uid: String,
+    /// Length of `disk.img`: the source volume's size when the snapshot was cut.
+    pub restore_size_bytes: u64,
+    /// When the snapshot was cut (RFC 3339).
+    pub creation_time: String,
+    /// The volume it was taken from (`namespace/name`).
+    pub source: String,
+    /// How it was copied (the cloner's method: `FICLONE`, `copy_file_range`, …).
+    pub method: String,
+}
 
 /// What `volume.json` records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,8 +274,8 @@ impl Pool {
     /// # Errors
     /// [`Error::Io`] when the pool cannot be read.
     pub fn clean_partials(&self) -> Result<usize> {
-        let mut removed = 0;
-        for namespace in read_dirs(&self.root)? {
+        let mut removed = self.clean_snapshot_partials()?;
+        for namespace in self.namespaces()? {
             for volume in read_dirs(&namespace)? {
                 let entries = fs::read_dir(&volume).map_err(|e| Error::io("reading", &volume, e))?;
                 for entry in entries.flatten() {
@@ -273,7 +303,7 @@ impl Pool {
     /// [`Error::Io`] when the pool cannot be read.
     pub fn recover(&self) -> Result<Vec<(PathBuf, Error)>> {
         let mut failed = Vec::new();
-        for namespace in read_dirs(&self.root)? {
+        for namespace in self.namespaces()? {
             for volume in read_dirs(&namespace)? {
                 let (Some(ns), Some(name)) = (file_name(&namespace), file_name(&volume)) else { continue };
                 if !self.is_block(ns, name) {
@@ -327,6 +357,126 @@ impl Pool {
         let disk = self.disk(namespace, name);
         fs::rename(&partial, &disk).map_err(|e| Error::io("renaming into place", &disk, e))?;
         sync_dir(&self.dir(namespace, name))
+    }
+}
+
+impl Pool {
+    /// The namespace directories of volumes (not [`SNAPSHOTS`]).
+    fn namespaces(&self) -> Result<Vec<PathBuf>> {
+        let mut dirs = read_dirs(&self.root)?;
+        dirs.retain(|d| d.file_name().is_none_or(|n| n != SNAPSHOTS));
+        Ok(dirs)
+    }
+
+    /// `.snapshots/<ns>/<name>`.
+    pub fn snapshot_dir(&self, namespace: &str, name: &str) -> PathBuf {
+        self.root.join(SNAPSHOTS).join(namespace).join(name)
+    }
+
+    /// The finished snapshot's disk.
+    pub fn snapshot_disk(&self, namespace: &str, name: &str) -> PathBuf {
+        self.snapshot_dir(namespace, name).join(DISK)
+    }
+
+    /// Where the copy for the VolumeSnapshot `uid` is written before it is committed.
+    pub fn snapshot_partial(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
+        self.snapshot_dir(namespace, name).join(format!(".disk.img.{uid}.partial"))
+    }
+
+    /// The record of the finished snapshot of the VolumeSnapshot `uid`: `None` unless
+    /// `snapshot.json` belongs to `uid` and `disk.img` is there with the recorded length.
+    pub fn snapshot_meta(&self, namespace: &str, name: &str, uid: &str) -> Option<SnapshotMeta> {
+        let dir = self.snapshot_dir(namespace, name);
+        let meta: SnapshotMeta = serde_json::from_slice(&fs::read(dir.join(SNAPSHOT_META)).ok()?).ok()?;
+        let len = fs::metadata(dir.join(DISK)).ok()?.len();
+        (meta.uid == uid && len == meta.restore_size_bytes).then_some(meta)
+    }
+
+    /// Starts a snapshot copy from scratch: removes whatever the directory holds (an older
+    /// snapshot of the same name, an interrupted copy), creates it, and returns the partial
+    /// path the copy writes.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn prepare_snapshot(&self, namespace: &str, name: &str, uid: &str) -> Result<PathBuf> {
+        self.remove_snapshot(namespace, name)?;
+        let dir = self.snapshot_dir(namespace, name);
+        fs::create_dir_all(&dir).map_err(|e| Error::io("creating the snapshot", &dir, e))?;
+        Ok(self.snapshot_partial(namespace, name, uid))
+    }
+
+    /// Puts a finished copy in place: flushes the partial file, records `meta` (the length
+    /// of the copy must be `meta.restore_size_bytes`), renames the copy to `disk.img` and
+    /// flushes the directory.
+    ///
+    /// # Errors
+    /// [`Error::Io`], also when the copy's length is not the recorded restore size.
+    pub fn commit_snapshot(&self, namespace: &str, name: &str, meta: &SnapshotMeta) -> Result<()> {
+        let dir = self.snapshot_dir(namespace, name);
+        let partial = self.snapshot_partial(namespace, name, &meta.uid);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&partial)
+            .map_err(|e| Error::io("opening", &partial, e))?;
+        let len = file.metadata().map_err(|e| Error::io("inspecting", &partial, e))?.len();
+        if len != meta.restore_size_bytes {
+            let e = std::io::Error::other(format!(
+                "the copy holds {len} bytes, the source {} bytes",
+                meta.restore_size_bytes
+            ));
+            return Err(Error::io("checking", &partial, e));
+        }
+        file.sync_all().map_err(|e| Error::io("flushing", &partial, e))?;
+        drop(file);
+        let text = serde_json::to_vec_pretty(meta).map_err(Error::json)?;
+        let tmp = dir.join(".snapshot.json.tmp");
+        fs::write(&tmp, text).map_err(|e| Error::io("writing", &tmp, e))?;
+        let path = dir.join(SNAPSHOT_META);
+        fs::rename(&tmp, &path).map_err(|e| Error::io("writing", &path, e))?;
+        let disk = dir.join(DISK);
+        fs::rename(&partial, &disk).map_err(|e| Error::io("renaming into place", &disk, e))?;
+        sync_dir(&dir)
+    }
+
+    /// Removes a snapshot and everything in it. Idempotent.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn remove_snapshot(&self, namespace: &str, name: &str) -> Result<()> {
+        let dir = self.snapshot_dir(namespace, name);
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("removing the snapshot", &dir, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes everything but `snapshot.json` and `disk.img` in every snapshot directory:
+    /// copies a crash interrupted. Returns how many files were deleted.
+    fn clean_snapshot_partials(&self) -> Result<usize> {
+        let root = self.root.join(SNAPSHOTS);
+        if !root.exists() {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        for namespace in read_dirs(&root)? {
+            for snapshot in read_dirs(&namespace)? {
+                let entries = fs::read_dir(&snapshot).map_err(|e| Error::io("reading", &snapshot, e))?;
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    if name == SNAPSHOT_META || name == DISK {
+                        continue;
+                    }
+                    let path = entry.path();
+                    let result =
+                        if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                    result.map_err(|e| Error::io("removing leftover", &path, e))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 }
 
@@ -445,5 +595,65 @@ mod tests {
         assert_eq!(pool.clean_partials().unwrap(), 2);
         assert!(pool.disk("ns", "a").exists());
         assert!(pool.meta("ns", "a", "u").is_some());
+    }
+
+    fn snapshot_meta(uid: &str, len: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            uid: uid.into(),
+            restore_size_bytes: len,
+            creation_time: "2026-11-28T04:00:00Z".into(),
+            source: "ns/a".into(),
+            method: "copy_file_range".into(),
+        }
+    }
+
+    #[test]
+    fn snapshots_live_under_the_pool_and_belong_to_their_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::open(dir.path()).unwrap();
+        assert_eq!(pool.snapshot_disk("ns", "s"), dir.path().join(".snapshots/ns/s/disk.img"));
+        let partial = pool.prepare_snapshot("ns", "s", "u1").unwrap();
+        assert_eq!(partial, dir.path().join(".snapshots/ns/s/.disk.img.u1.partial"));
+        fs::write(&partial, b"snap").unwrap();
+        assert_eq!(pool.snapshot_meta("ns", "s", "u1"), None, "not committed yet");
+        pool.commit_snapshot("ns", "s", &snapshot_meta("u1", 4)).unwrap();
+        assert_eq!(pool.snapshot_meta("ns", "s", "u1"), Some(snapshot_meta("u1", 4)));
+        assert_eq!(pool.snapshot_meta("ns", "s", "u2"), None, "another VolumeSnapshot's copy");
+        assert!(!partial.exists());
+        // A new take starts from an empty directory.
+        pool.prepare_snapshot("ns", "s", "u2").unwrap();
+        assert!(!pool.snapshot_disk("ns", "s").exists());
+        pool.remove_snapshot("ns", "s").unwrap();
+        pool.remove_snapshot("ns", "s").unwrap();
+        assert!(!pool.snapshot_dir("ns", "s").exists());
+    }
+
+    #[test]
+    fn a_copy_of_the_wrong_length_is_never_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::open(dir.path()).unwrap();
+        let partial = pool.prepare_snapshot("ns", "s", "u").unwrap();
+        fs::write(&partial, b"short").unwrap();
+        let err = pool.commit_snapshot("ns", "s", &snapshot_meta("u", 6)).unwrap_err();
+        assert!(err.to_string().contains("checking"), "{err}");
+        assert_eq!(pool.snapshot_meta("ns", "s", "u"), None);
+        assert!(!pool.snapshot_disk("ns", "s").exists());
+    }
+
+    #[test]
+    fn clean_partials_removes_interrupted_snapshot_copies_and_keeps_finished_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::open(dir.path()).unwrap();
+        pool.create("ns", "u", &request("a")).unwrap();
+        let done = pool.prepare_snapshot("ns", "done", "u1").unwrap();
+        fs::write(&done, b"data").unwrap();
+        pool.commit_snapshot("ns", "done", &snapshot_meta("u1", 4)).unwrap();
+        let half = pool.prepare_snapshot("ns", "half", "u2").unwrap();
+        fs::write(&half, b"da").unwrap();
+        assert_eq!(pool.clean_partials().unwrap(), 1);
+        assert!(!half.exists());
+        assert!(pool.snapshot_meta("ns", "done", "u1").is_some());
+        assert!(pool.meta("ns", "a", "u").is_some(), "volumes untouched");
+        assert!(pool.recover().unwrap().is_empty(), ".snapshots is not a namespace of volumes");
     }
 }

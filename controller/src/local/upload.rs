@@ -12,8 +12,16 @@
 //! | not `UploadReady` yet (volume being created; the reconcile pass right after a failed upload) | 503 |
 //! | `UploadReady` | the upload writes the pool's partial file, at most the virtual size |
 //!
+//! A `contentType: archive` DataVolume takes a tar (optionally gzip/xz/zstd) on every upload
+//! route (CDI's upload proxy sends them all to `/upload-archive`), extracted into the volume's
+//! `fs/` directory ([`Pool::filesystem`](super::pool::Pool::filesystem)) with at most the
+//! virtual size of file content; `fs/` appears by one atomic rename once the whole archive
+//! was extracted and the body's checks passed, so a failed upload leaves nothing and can be
+//! retried. `/upload-archive` to a disk DataVolume is a bad request (400).
+//!
 //! The end of an upload goes to [`Driver::upload_finished`]: success commits the partial file
-//! as `disk.img` and the DataVolume becomes `Succeeded`; a failure is a retryable worker
+//! as `disk.img` (an archive is in place already) and the DataVolume becomes `Succeeded`; a
+//! failure is a retryable worker
 //! failure (phase stays `UploadReady`, `restartCount` grows, the Running condition carries the
 //! message until the next upload worker starts) and, unlike other workers, uploads are taken
 //! again at once: the next reconcile pass restarts the upload worker without a back-off
@@ -32,19 +40,30 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use storage::CreateOptions;
-use uploader::backend::{Refusal, UploadBackend, UploadStats, UploadTarget};
+use uploader::backend::{Content, Refusal, UploadBackend, UploadStats, UploadTarget};
 use uploader::token::Claims;
 
 use super::{DATAVOLUMES, Driver};
-use crate::api::datavolume::{SourceKind, reason};
+use crate::api::datavolume::{CONTENT_TYPE_ARCHIVE, SourceKind, reason};
 use crate::api::{DataVolume, DataVolumePhase};
 use crate::plan::{WorkerFailure, WorkerState};
 
 /// The operation of upload tokens (see `uploader::token`).
 const OPERATION_UPLOAD: &str = "Upload";
 
-/// Bytes received so far and the announced body length, per running upload.
-type InFlight = HashMap<(String, String), (u64, Option<u64>)>;
+/// A running upload.
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    /// Body bytes received so far.
+    received: u64,
+    /// The announced body length.
+    expected: Option<u64>,
+    /// An archive extracted into `fs/` (nothing to commit at the end).
+    archive: bool,
+}
+
+/// The running uploads, by namespace and name.
+type InFlight = HashMap<(String, String), Running>;
 
 /// The upload backend of the embedded server.
 #[derive(Debug)]
@@ -67,7 +86,8 @@ impl DriverUploads {
     /// Body bytes received by the running upload to `namespace/name`, and the body's
     /// announced length; `None` when no upload to it is running.
     pub fn received(&self, namespace: &str, name: &str) -> Option<(u64, Option<u64>)> {
-        self.in_flight().get(&(namespace.to_owned(), name.to_owned())).copied()
+        let running = self.in_flight().get(&(namespace.to_owned(), name.to_owned())).copied();
+        running.map(|r| (r.received, r.expected))
     }
 }
 
@@ -87,7 +107,20 @@ pub fn upload_datavolume(driver: &Driver, namespace: &str, name: &str) -> Result
     }
 }
 
+/// Whether the DataVolume holds an archive (`contentType: archive`) rather than a disk.
+fn is_archive(dv: &DataVolume) -> bool {
+    dv.spec.content_type() == CONTENT_TYPE_ARCHIVE
+}
+
 impl UploadBackend for DriverUploads {
+    fn content(&self, claims: &Claims) -> Content {
+        // A missing DataVolume is refused by `begin` (404).
+        match upload_datavolume(&self.driver, &claims.namespace, &claims.name) {
+            Ok(dv) if is_archive(&dv) => Content::Archive,
+            _ => Content::Disk,
+        }
+    }
+
     fn begin(&self, claims: &Claims) -> Result<UploadTarget, Refusal> {
         let (namespace, name) = (claims.namespace.as_str(), claims.name.as_str());
         if claims.operation != OPERATION_UPLOAD {
@@ -119,7 +152,10 @@ impl UploadBackend for DriverUploads {
                 "DataVolume {namespace}/{name} is not ready for an upload yet (phase {phase}); retry later"
             )));
         };
-        in_flight.insert(key, (0, None));
+        let archive = is_archive(&dv);
+        // An archive is extracted into `fs/`, which appears by itself once complete.
+        let path = if archive { self.driver.pool().filesystem(namespace, name) } else { path };
+        in_flight.insert(key, Running { received: 0, expected: None, archive });
         Ok(UploadTarget {
             path,
             max_size,
@@ -130,7 +166,8 @@ impl UploadBackend for DriverUploads {
 
     fn progress(&self, claims: &Claims, received: u64, expected: Option<u64>) {
         if let Some(entry) = self.in_flight().get_mut(&(claims.namespace.clone(), claims.name.clone())) {
-            *entry = (received, expected);
+            entry.received = received;
+            entry.expected = expected;
         }
         // Shown as `status.progress` by the next reconcile (CDI never shows upload progress).
         self.driver.workers().report_progress(&claims.namespace, &claims.name, received, expected);
@@ -140,9 +177,13 @@ impl UploadBackend for DriverUploads {
         let (namespace, name) = (claims.namespace.as_str(), claims.name.as_str());
         let outcome = match result {
             Ok(stats) => {
+                let what = match &stats.archive {
+                    Some(a) => format!("archive: {} files, {} directories extracted", a.files, a.dirs),
+                    None => stats.format.to_string(),
+                };
                 eprintln!(
-                    "diskplane serve: {namespace}/{name}: upload of {} bytes ({}) written",
-                    stats.received, stats.format
+                    "diskplane serve: {namespace}/{name}: upload of {} bytes ({what}) written",
+                    stats.received
                 );
                 Ok(())
             }
@@ -155,11 +196,19 @@ impl UploadBackend for DriverUploads {
                 })
             }
         };
+        let key = (namespace.to_owned(), name.to_owned());
+        let archive = self.in_flight().get(&key).is_some_and(|r| r.archive);
         // Report first, then free the volume: a new upload must not start between the two.
-        if !self.driver.upload_finished(namespace, name, outcome) {
+        let reported = if archive && outcome.is_ok() {
+            // The extraction renamed `fs/` into place itself: there is no disk to commit.
+            self.driver.workers().finish(namespace, name, outcome)
+        } else {
+            self.driver.upload_finished(namespace, name, outcome)
+        };
+        if !reported {
             eprintln!("diskplane serve: {namespace}/{name}: no upload was waiting for the result");
         }
-        self.in_flight().remove(&(namespace.to_owned(), name.to_owned()));
+        self.in_flight().remove(&key);
     }
 }
 
@@ -224,5 +273,44 @@ mod tests {
             object["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Running");
         assert_eq!(running.unwrap()["message"], "upload failed: dropped");
         assert!(uploads.begin(&claims("up")).is_ok(), "the retry is taken without a back-off");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn an_archive_datavolume_is_extracted_into_fs_and_succeeds_without_a_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = Driver::open(DriverOptions::new(dir.path().to_owned())).unwrap();
+        let mut object = dv("tree", json!({"upload": {}}));
+        object["spec"]["contentType"] = json!("archive");
+        driver.create(DATAVOLUMES, "ns", object).unwrap();
+        driver.create(DATAVOLUMES, "ns", dv("disk", json!({"upload": {}}))).unwrap();
+        let uploads = DriverUploads::new(Arc::clone(&driver));
+        for _ in 0..4 {
+            driver.reconcile_all().await.unwrap();
+        }
+        assert_eq!(uploads.content(&claims("tree")), Content::Archive);
+        assert_eq!(uploads.content(&claims("disk")), Content::Disk);
+
+        let target = uploads.begin(&claims("tree")).unwrap();
+        assert_eq!(target.path, driver.pool().filesystem("ns", "tree"));
+        assert_eq!(target.max_size, 1 << 20);
+        // What the extraction leaves on success: `fs/`, no disk.
+        std::fs::create_dir(&target.path).unwrap();
+        std::fs::write(target.path.join("hostname"), b"tree\n").unwrap();
+        let archive = importer::ArchiveStats { files: 1, dirs: 0, symlinks: 0, bytes: 5 };
+        let stats = UploadStats {
+            format: disk_formats::Format::Raw,
+            wrappers: vec![],
+            virtual_size: 5,
+            data_bytes: 5,
+            received: 10240,
+            archive: Some(archive),
+        };
+        uploads.finish(&claims("tree"), &Ok(stats));
+        driver.reconcile_all().await.unwrap();
+
+        let object = driver.store().get(DATAVOLUMES, "ns", "tree").unwrap().unwrap();
+        assert_eq!(object["status"]["phase"], "Succeeded", "{object}");
+        assert!(!driver.pool().disk("ns", "tree").exists());
+        assert!(matches!(uploads.begin(&claims("tree")), Err(Refusal::AlreadyDone(_))));
     }
 }

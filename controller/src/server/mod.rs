@@ -17,6 +17,7 @@
 //! GET    /apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}/console   serial log (text)
 //! POST   /apis/upload.cdi.kubevirt.io/v1beta1/namespaces/{ns}/uploadtokenrequests
 //! POST   /v1beta1/upload (-async, -form, -form-async; /v1alpha1/ twins)   see [`upload`]
+//! GET    /apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots[/{name}]   see [`snapshots`]
 //! ```
 //! `{resource}` is `datavolumes`, `datasources` or `dataimportcrons`. Bodies are JSON. Errors are Kubernetes
 //! `Status` objects (`status::Failure`, `reason`, `code`, `details.causes[]`), mapped in one
@@ -27,6 +28,7 @@
 //! - No authentication: listen on 127.0.0.1 (the default) or behind something that checks.
 //! - Objects are immutable once created (CDI's spec is immutable); there is no PUT/PATCH.
 
+mod snapshots;
 mod status;
 mod upload;
 mod vms;
@@ -71,6 +73,7 @@ fn api(driver: Arc<Driver>) -> Router {
         .route("/apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/{resource}/{name}", get(read).delete(delete))
         .route("/apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/dataimportcrons/{name}/poll", post(poll))
         .merge(vms::routes())
+        .merge(snapshots::routes())
         .with_state(driver)
 }
 
@@ -241,6 +244,7 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let kind = served(&resource)?;
+    valid_namespace(&ns)?;
     let mut object: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", format!("the body is not a JSON object: {e}"))
     })?;
@@ -313,6 +317,19 @@ async fn create(
     }
     let created = driver.create(&resource, &ns, object)?;
     Ok(json_response(StatusCode::CREATED, &created))
+}
+
+/// A namespace must be a DNS-1123 label (as in Kubernetes): it names a pool directory, and
+/// the pool's own directories (`.snapshots`) can never be one.
+fn valid_namespace(ns: &str) -> Result<(), ApiError> {
+    if ns.len() <= 63 && !ns.contains('.') && crate::validate::is_dns1123_subdomain(ns) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        format!("namespace {ns:?} is not a valid namespace name (a DNS-1123 label)"),
+    ))
 }
 
 /// What the embedded driver needs of a DataImportCron beyond CDI's validation: a schedule

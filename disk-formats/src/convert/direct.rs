@@ -1,9 +1,9 @@
 //! Buffers and reads for direct I/O: window buffers aligned so that a target can write them
-//! with `O_DIRECT`, and a second, `O_DIRECT` descriptor on the image file that reads plain data
-//! clusters straight from the device into those buffers, without a copy through the page
-//! cache ([`aligned_middle`] is also how `storage` splits its direct writes). Both are
-//! optimisations only: anything unaligned, and any file system that refuses
-//! direct I/O, goes the buffered way with the same result.
+//! with `O_DIRECT` ([`aligned_middle`] is also how `storage` splits its direct writes), and a
+//! second, `O_DIRECT` descriptor on the image file that the qcow2 reader uses for runs of
+//! compressed clusters (plain data clusters are read through the page cache and copied
+//! in-kernel, see [`crate::convert`]). Both are optimisations only: anything unaligned, and any
+//! file system that refuses direct I/O, goes the buffered way with the same result.
 
 use std::fs::File;
 use std::io;
@@ -52,7 +52,7 @@ impl DerefMut for AlignedBuf {
     }
 }
 
-/// The image file opened a second time with `O_DIRECT`, for reading plain data clusters.
+/// The image file opened a second time with `O_DIRECT`, for reading compressed clusters.
 pub(crate) struct DirectSource {
     file: File,
     /// Cleared when a direct read is refused (alignment stricter than assumed).

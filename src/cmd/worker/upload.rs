@@ -2,6 +2,14 @@
 //! the `cdi-upload-<pvc>` Pod's job; prints `listening on http(s)://ADDR` on stdout once ready)
 //! and `upload-token` (prints an upload token signed with the same key, for scripts and tests;
 //! the embedded server issues tokens through `UploadTokenRequest`).
+//!
+//! With `--content-type archive` (`UPLOAD_CONTENTTYPE`, the DataVolume's `contentType`) every
+//! upload route takes a tar, optionally gzip/xz/zstd, extracted into the volume's directory:
+//! `--volume` itself when it is a directory, else its parent (`/data` for the kube driver's
+//! `/data/disk.img`), as `worker import` does. The archive is extracted into a staging
+//! directory there and its entries are moved in once it is complete and checked (see
+//! `uploader::backend::SingleVolumeBackend`); the termination message then counts the bytes of
+//! file content as `virtualSize` and `allocatedBytes`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use storage::CreateOptions;
-use uploader::backend::{SingleVolumeBackend, UploadTarget, VolumeState};
+use uploader::backend::{Content, SingleVolumeBackend, UploadTarget, VolumeState};
 use uploader::server::{DEFAULT_IDLE_TIMEOUT, ServerConfig};
 use uploader::token::{Claims, TokenKey, unix_now};
 
@@ -26,9 +34,13 @@ pub struct UploadServerArgs {
     #[arg(long)]
     volume: PathBuf,
     /// The volume's size: larger images are refused with 400 (default: a block device's size,
-    /// or an existing file's length).
+    /// or an existing file's length). For an archive: the most bytes of file content (required).
     #[arg(long, value_parser = size::parse_size)]
     size: Option<u64>,
+    /// What the volume takes: a disk image, or a tar archive extracted into the volume's
+    /// directory (`--volume` if it is a directory, else its parent).
+    #[arg(long, env = "UPLOAD_CONTENTTYPE", value_enum, default_value = "kubevirt")]
+    content_type: ContentType,
     /// Address to listen on (port 0 picks a free port; see the "listening on" line).
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
@@ -63,6 +75,13 @@ pub struct UploadServerArgs {
     report: ReportArgs,
 }
 
+/// CDI's `contentType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ContentType {
+    Kubevirt,
+    Archive,
+}
+
 impl UploadServerArgs {
     pub(super) fn report(&self) -> &ReportArgs {
         &self.report
@@ -89,8 +108,10 @@ pub struct UploadTokenArgs {
 /// the uploaded volume.
 pub fn upload_server(args: &UploadServerArgs) -> Result<Outcome> {
     let key = TokenKey::from_file(&args.token_key).map_err(anyhow::Error::msg)?;
+    let archive = args.content_type == ContentType::Archive;
     let max_size = match args.size {
         Some(size) => size,
+        None if archive => bail!("an archive volume needs --size: the most bytes of file content it takes"),
         None => existing_size(&args.volume)?,
     };
     let name = match &args.name {
@@ -109,9 +130,12 @@ pub fn upload_server(args: &UploadServerArgs) -> Result<Outcome> {
             _ => PathBuf::from("."),
         },
     };
-    let target =
-        UploadTarget { path: args.volume.clone(), max_size, scratch_dir, create: CreateOptions::default() };
-    let backend = Arc::new(SingleVolumeBackend::new(&args.namespace, &name, target));
+    let (path, content) = match args.content_type {
+        ContentType::Kubevirt => (args.volume.clone(), Content::Disk),
+        ContentType::Archive => (archive_dir(&args.volume), Content::Archive),
+    };
+    let target = UploadTarget { path, max_size, scratch_dir, create: CreateOptions::default() };
+    let backend = Arc::new(SingleVolumeBackend::new(&args.namespace, &name, target).with_content(content));
     let watched = Arc::clone(&backend);
     args.report.start_metrics(metrics::Role::Upload, Arc::new(move || (watched.received(), None)))?;
     let (tls, ca_pem) = match (&args.tls_cert, &args.tls_key) {
@@ -149,8 +173,25 @@ pub fn upload_server(args: &UploadServerArgs) -> Result<Outcome> {
         },
         shutdown,
     )?;
+    if archive {
+        let bytes = backend.stats().and_then(|s| s.archive).map(|a| a.bytes);
+        let bytes = bytes.context("the server stopped before an archive was uploaded")?;
+        return Ok(Outcome { virtual_size: bytes, allocated_bytes: bytes, sha256: None });
+    }
     let (virtual_size, allocated_bytes) = volume_sizes(&args.volume)?;
     Ok(Outcome { virtual_size, allocated_bytes, sha256: None })
+}
+
+/// The directory an archive is extracted into: `volume` when it is a directory, else its
+/// parent (the kube driver passes `/data/disk.img`; the archive fills `/data`).
+fn archive_dir(volume: &Path) -> PathBuf {
+    if volume.is_dir() {
+        return volume.to_owned();
+    }
+    match volume.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// The size of an existing volume: a block device's size or a file's length.
@@ -205,5 +246,13 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn an_archive_fills_the_volume_directory_or_the_parent_of_the_disk_path() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(archive_dir(dir.path()), dir.path());
+        assert_eq!(archive_dir(&dir.path().join("disk.img")), dir.path());
+        assert_eq!(archive_dir(Path::new("disk.img")), Path::new("."));
     }
 }

@@ -282,6 +282,30 @@ fn the_upload_service_selects_exactly_its_upload_pod() {
     assert_eq!(args[..2], ["worker", "upload-server"]);
     assert!(args.windows(2).any(|w| w == ["--token-key", "/etc/diskplane/upload/token-key"]));
     assert!(args.windows(2).any(|w| w == ["--size", "9"]));
+    let env = &pod["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array().unwrap().contains(&json!({"name": "UPLOAD_CONTENTTYPE", "value": "kubevirt"})),
+        "{env}"
+    );
+}
+
+#[test]
+fn an_archive_upload_pod_is_told_to_extract() {
+    let dv = dv(json!({"source": {"upload": {}}, "contentType": "archive", "storage": {}}));
+    let spec = WorkerSpec {
+        dv: &dv,
+        role: WorkerRole::Upload,
+        attempt: 0,
+        block: false,
+        virtual_size: 9,
+        preallocate: false,
+    };
+    let pod = serde_json::to_value(worker_pod(&config(), &spec)).unwrap();
+    let env = &pod["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array().unwrap().contains(&json!({"name": "UPLOAD_CONTENTTYPE", "value": "archive"})),
+        "{env}"
+    );
 }
 
 #[test]
@@ -426,4 +450,20 @@ fn no_worker_pod_binds_two_listeners_to_one_port() {
         assert_eq!(ports.len(), 2, "{ports:?}");
         assert_ne!(ports[0], ports[1], "{pod}");
     }
+}
+
+#[test]
+fn the_upload_secret_gets_the_key_derived_from_the_global_key() {
+    let upload = dv(json!({"source": {"upload": {}}, "storage": {}}));
+    assert_eq!(derived_upload_key(&config(), &upload), None);
+    let global = uploader::token::TokenKey::from_bytes(b"0123456789abcdef0123456789abcdef".to_vec()).unwrap();
+    let with_key = ClusterConfig { upload_token_key: Some(global.clone()), ..config() };
+
+    let key = derived_upload_key(&with_key, &upload).unwrap();
+
+    let meta = &upload.metadata;
+    assert_eq!(key, global.derive_hex(meta.namespace(), meta.name(), meta.uid.as_deref().unwrap()));
+    let secret = serde_json::to_value(upload_secret(&upload, &key)).unwrap();
+    assert_eq!(secret["stringData"]["token-key"], json!(key));
+    assert_eq!(key.len(), 64);
 }

@@ -173,7 +173,10 @@ pub(super) async fn start_worker(
             .await
         }
         WorkerKind::Upload => {
-            let key = (ctx.token_key)().map_err(Error::TokenKey)?;
+            let key = match build::derived_upload_key(&ctx.config, dv) {
+                Some(derived) => derived,
+                None => (ctx.token_key)().map_err(Error::TokenKey)?,
+            };
             let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
             let secret = build::upload_secret(dv, &key);
             create(&secrets, &secret, format!("Secret {namespace}/{}", upload_pod(dv.metadata.name())))

@@ -1,0 +1,49 @@
+//! The kube driver's DataImportCron digest lookup ([`RegistryDigests`], the importer's registry
+//! client) against a real docker-registry: the digest of a pushed tag, a new digest after a
+//! new push, and clear errors for a missing tag and for TLS spoken to a plain-HTTP registry.
+//!
+//! Needs docker-registry and python3 (see `.ci/packages.txt`).
+
+#[allow(dead_code)]
+#[path = "peers/common.rs"]
+mod common;
+#[allow(dead_code)]
+#[path = "peers/registry.rs"]
+mod registry;
+#[allow(dead_code)]
+#[path = "peers/tls.rs"]
+mod tls;
+
+use controller::kube::catalog::{DigestSource, RegistryDigests};
+
+fn push(registry: &registry::Registry, dir: &std::path::Path, version: u8) -> String {
+    let image = dir.join(format!("v{version}.img"));
+    std::fs::write(&image, vec![version; 64 << 10]).expect("image");
+    let entry = format!("disk/disk.img=@{}", image.display());
+    registry.push("golden/fedora:40", "amd64", &[("gzip", vec![entry])]).digest
+}
+
+#[tokio::test]
+async fn registry_digests_follow_the_tag_of_a_real_registry() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let registry = registry::Registry::start();
+    let host = registry.host();
+    let url = format!("docker://{host}/golden/fedora:40");
+    let digests = RegistryDigests { insecure_registries: vec![host.clone()] };
+
+    let first = push(&registry, tmp.path(), 1);
+    assert!(first.starts_with("sha256:"), "{first}");
+    assert_eq!(digests.digest(&url).await, Ok(first.clone()));
+
+    let second = push(&registry, tmp.path(), 2);
+    assert_ne!(second, first);
+    assert_eq!(digests.digest(&url).await, Ok(second));
+
+    let missing = format!("docker://{host}/golden/fedora:missing");
+    let err = digests.digest(&missing).await.expect_err("a missing tag");
+    assert!(err.starts_with(&format!("polling {missing}: ")), "{err}");
+
+    // Not listed as insecure: TLS to a plain-HTTP registry fails, naming the URL.
+    let err = RegistryDigests::default().digest(&url).await.expect_err("TLS to a plain registry");
+    assert!(err.starts_with(&format!("polling {url}: ")), "{err}");
+}
