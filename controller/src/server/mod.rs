@@ -166,8 +166,7 @@ async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let kind = served(&resource)?;
-    let watch = query.as_deref().unwrap_or("").split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
-    if watch {
+    if is_watch(query.as_deref()) {
         return watch_stream(&driver, resource, ns);
     }
     let items = driver.store().list(&resource, Some(&ns))?;
@@ -244,40 +243,7 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let kind = served(&resource)?;
-    valid_namespace(&ns)?;
-    let mut object: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", format!("the body is not a JSON object: {e}"))
-    })?;
-    if !object.is_object() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "the body is not a JSON object".into(),
-        ));
-    }
-    let body_kind = object["kind"].as_str().unwrap_or_default();
-    if body_kind != kind {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            format!("the kind of the object ({body_kind}) does not match the path ({resource})"),
-        ));
-    }
-    if !object["metadata"].is_object() {
-        object["metadata"] = json!({});
-    }
-    match object["metadata"]["namespace"].as_str() {
-        Some(body_ns) if !body_ns.is_empty() && body_ns != ns => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                format!(
-                    "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({ns})"
-                ),
-            ));
-        }
-        _ => object["metadata"]["namespace"] = json!(ns),
-    }
+    let mut object = object_for_create(&body, &ns, kind, &resource)?;
     let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
     if name.is_empty() {
         match object["metadata"]["generateName"].as_str().filter(|g| !g.is_empty()) {
@@ -317,6 +283,41 @@ async fn create(
     }
     let created = driver.create(&resource, &ns, object)?;
     Ok(json_response(StatusCode::CREATED, &created))
+}
+
+/// The body of a create, checked as every kind's create checks it: a JSON object of `kind`
+/// (the path's), in a valid namespace that the body either omits (it is filled in) or repeats.
+fn object_for_create(body: &[u8], ns: &str, kind: &str, resource: &str) -> Result<Value, ApiError> {
+    valid_namespace(ns)?;
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message);
+    let mut object: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("the body is not a JSON object: {e}")))?;
+    if !object.is_object() {
+        return Err(bad("the body is not a JSON object".into()));
+    }
+    let body_kind = object["kind"].as_str().unwrap_or_default();
+    if body_kind != kind {
+        return Err(bad(format!(
+            "the kind of the object ({body_kind}) does not match the path ({resource})"
+        )));
+    }
+    if !object["metadata"].is_object() {
+        object["metadata"] = json!({});
+    }
+    match object["metadata"]["namespace"].as_str() {
+        Some(body_ns) if !body_ns.is_empty() && body_ns != ns => {
+            return Err(bad(format!(
+                "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({ns})"
+            )));
+        }
+        _ => object["metadata"]["namespace"] = json!(ns),
+    }
+    Ok(object)
+}
+
+/// Whether a list request asks for a watch (`?watch=true` or `?watch=1`).
+fn is_watch(query: Option<&str>) -> bool {
+    query.unwrap_or("").split('&').any(|kv| kv == "watch=true" || kv == "watch=1")
 }
 
 /// A namespace must be a DNS-1123 label (as in Kubernetes): it names a pool directory, and

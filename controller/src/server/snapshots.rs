@@ -19,7 +19,7 @@ use axum::response::Response;
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::{ApiError, json_response, random_suffix, valid_namespace, watch_stream};
+use super::{ApiError, is_watch, json_response, object_for_create, random_suffix, watch_stream};
 use crate::api::volumesnapshot::{
     KIND, SNAPSHOT_API_VERSION, SNAPSHOT_GROUP, VOLUMESNAPSHOTS, VolumeSnapshot, validate,
 };
@@ -70,8 +70,7 @@ async fn list(
     Path(ns): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let watch = query.as_deref().unwrap_or("").split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
-    if watch {
+    if is_watch(query.as_deref()) {
         return watch_stream(&driver, VOLUMESNAPSHOTS.to_owned(), ns);
     }
     let items = driver.store().list(VOLUMESNAPSHOTS, Some(&ns))?;
@@ -104,29 +103,7 @@ async fn create(
     Path(ns): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let mut object: Value =
-        serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not a JSON object: {e}")))?;
-    if !object.is_object() {
-        return Err(bad("the body is not a JSON object".into()));
-    }
-    if object["kind"] != KIND {
-        return Err(bad(format!(
-            "the kind of the object ({}) does not match the path ({VOLUMESNAPSHOTS})",
-            object["kind"].as_str().unwrap_or_default()
-        )));
-    }
-    valid_namespace(&ns)?;
-    if !object["metadata"].is_object() {
-        object["metadata"] = json!({});
-    }
-    match object["metadata"]["namespace"].as_str() {
-        Some(body_ns) if !body_ns.is_empty() && body_ns != ns => {
-            return Err(bad(format!(
-                "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({ns})"
-            )));
-        }
-        _ => object["metadata"]["namespace"] = json!(ns),
-    }
+    let mut object = object_for_create(&body, &ns, KIND, VOLUMESNAPSHOTS)?;
     let vs: VolumeSnapshot = serde_json::from_value(object.clone())
         .map_err(|e| bad(format!("the object is not a VolumeSnapshot: {e}")))?;
     let name = vs.metadata.name().to_owned();
