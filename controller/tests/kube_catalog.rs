@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{BodyCheck, Expect, expect, fill, serve};
 use controller::api::Timestamp;
-use controller::kube::catalog::{CatalogContext, DigestSource, cron, datasource};
+use controller::kube::catalog::{CatalogContext, DigestSource, RegistryAccess, cron, datasource};
 use controller::kube::resource::{
     DataImportCronObject, DataSourceObject, DataVolumeObject, StorageProfileObject, data_import_crons,
     data_sources, data_volumes, storage_profiles,
@@ -36,18 +36,22 @@ const DVS: &str = "/apis/cdi.kubevirt.io/v1beta1/namespaces/os/datavolumes";
 const DS: &str = "/apis/cdi.kubevirt.io/v1beta1/namespaces/os/datasources/fedora";
 const DS_STATUS: &str = "/apis/cdi.kubevirt.io/v1beta1/namespaces/os/datasources/fedora/status";
 
-/// A registry that answers every tag with one digest (or one error), recording the URLs.
+/// A registry that answers every tag with one digest (or one error), recording the URLs and
+/// the access each poll was given.
 struct FixedDigest {
     answer: Result<String, String>,
     asked: Mutex<Vec<String>>,
+    access: Mutex<Vec<RegistryAccess>>,
 }
 
 impl DigestSource for FixedDigest {
     fn digest<'a>(
         &'a self,
         url: &'a str,
+        access: &'a RegistryAccess,
     ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>> {
         self.asked.lock().expect("lock").push(url.to_owned());
+        self.access.lock().expect("lock").push(access.clone());
         let answer = self.answer.clone();
         Box::pin(async move { answer })
     }
@@ -70,7 +74,11 @@ fn context(
 ) -> (Arc<CatalogContext>, Arc<FixedDigest>, tokio::task::JoinHandle<common::Seen>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(serve(handle, expected));
-    let digests = Arc::new(FixedDigest { answer: digest, asked: Mutex::new(Vec::new()) });
+    let digests = Arc::new(FixedDigest {
+        answer: digest,
+        asked: Mutex::new(Vec::new()),
+        access: Mutex::new(Vec::new()),
+    });
     let ctx = Arc::new(CatalogContext {
         client: Client::new(service, "default"),
         pvcs: fill::<PersistentVolumeClaim>(Writer::new(()), &world.pvcs),
@@ -96,12 +104,23 @@ async fn run_cron(
     digest: Result<String, String>,
     expected: Vec<Expect>,
 ) -> (Action, Vec<String>) {
+    let (action, asked, _) = run_cron_with_access(world, digest, expected).await;
+    (action, asked)
+}
+
+/// [`run_cron`], also returning the [`RegistryAccess`] of each poll.
+async fn run_cron_with_access(
+    world: World,
+    digest: Result<String, String>,
+    expected: Vec<Expect>,
+) -> (Action, Vec<String>, Vec<RegistryAccess>) {
     let (ctx, digests, server) = context(&world, digest, expected);
     let object: DataImportCronObject = serde_json::from_value(world.crons[0].clone()).expect("fixture cron");
     let action = cron::reconcile(Arc::new(object), ctx).await.expect("reconcile");
     finish(server).await;
     let asked = digests.asked.lock().expect("lock").clone();
-    (action, asked)
+    let access = digests.access.lock().expect("lock").clone();
+    (action, asked, access)
 }
 
 /// One DataSource reconcile of the first DataSource of `world`.
@@ -249,6 +268,128 @@ async fn a_failed_poll_is_recorded_and_nothing_is_imported() {
     )
     .await;
     assert_eq!(action, Action::requeue(UNTIL_NEXT_POLL));
+}
+
+/// A cron whose registry source names a Secret and a ConfigMap.
+fn private_registry_cron() -> Value {
+    let mut cron = cron_object(json!({}), json!({}));
+    cron["spec"]["template"]["spec"]["source"]["registry"]["secretRef"] = json!("reg-creds");
+    cron["spec"]["template"]["spec"]["source"]["registry"]["certConfigMap"] = json!("reg-ca");
+    cron
+}
+
+const SECRET: &str = "/api/v1/namespaces/os/secrets/reg-creds";
+const CONFIG_MAP: &str = "/api/v1/namespaces/os/configmaps/reg-ca";
+
+fn not_found(kind: &str, name: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound",
+        "message": format!("{kind} \"{name}\" not found")})
+}
+
+#[tokio::test]
+async fn a_private_registry_is_polled_with_the_secret_and_config_map_of_the_template() {
+    let world = World { crons: vec![private_registry_cron()], ..World::default() };
+    let secret = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "reg-creds", "namespace": "os"},
+        // base64 of "robot" and "s3cret"
+        "data": {"accessKeyId": "cm9ib3Q=", "secretKey": "czNjcmV0"}});
+    let config_map = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "reg-ca", "namespace": "os"},
+        "data": {"b.crt": "PEM B", "a.crt": "PEM A"}});
+    let (_, asked, access) = run_cron_with_access(
+        world,
+        Ok(DIGEST.to_owned()),
+        vec![
+            expect(Method::GET, SECRET, BodyCheck::Exact(Value::Null)).reply(200, secret),
+            expect(Method::GET, CONFIG_MAP, BodyCheck::Exact(Value::Null)).reply(200, config_map),
+            patch(
+                CRON,
+                BodyCheck::Fields(vec![(
+                    "/metadata/annotations/cdi.kubevirt.io~1storage.import.sourceDesiredDigest",
+                    json!(DIGEST),
+                )]),
+            ),
+            patch(CRON_STATUS, BodyCheck::Fields(vec![])),
+            expect(Method::POST, DVS, BodyCheck::Fields(vec![("/metadata/name", json!(IMPORT))])).created(),
+        ],
+    )
+    .await;
+    assert_eq!(asked, vec!["docker://registry.example:5000/fedora:40".to_owned()]);
+    assert_eq!(
+        access,
+        vec![RegistryAccess {
+            username: Some("robot".into()),
+            password: Some("s3cret".into()),
+            ca_pems: vec!["PEM A".into(), "PEM B".into()],
+        }]
+    );
+}
+
+#[tokio::test]
+async fn a_missing_registry_secret_fails_the_poll_naming_it_and_the_registry_is_not_asked() {
+    let world = World { crons: vec![private_registry_cron()], ..World::default() };
+    let message = "secretRef \"reg-creds\": Secret os/reg-creds not found";
+    let (_, asked) = run_cron(
+        world,
+        Ok(DIGEST.to_owned()),
+        vec![
+            expect(Method::GET, SECRET, BodyCheck::Exact(Value::Null))
+                .reply(404, not_found("secrets", "reg-creds")),
+            patch(
+                CRON,
+                BodyCheck::FieldsAndAbsent(
+                    vec![],
+                    vec!["/metadata/annotations/cdi.kubevirt.io~1storage.import.sourceDesiredDigest"],
+                ),
+            ),
+            patch(
+                CRON_STATUS,
+                BodyCheck::Fields(vec![(
+                    "/status/conditions/0",
+                    condition("Polled", "False", "PollFailed", message),
+                )]),
+            ),
+        ],
+    )
+    .await;
+    assert!(asked.is_empty(), "the registry was polled without its credentials: {asked:?}");
+}
+
+#[tokio::test]
+async fn a_secret_without_the_access_key_and_an_empty_config_map_fail_the_poll_naming_the_key() {
+    for (secret_data, config_map_data, message) in [
+        (
+            json!({"secretKey": "czNjcmV0"}),
+            None,
+            "secretRef \"reg-creds\": Secret os/reg-creds has no key \"accessKeyId\"",
+        ),
+        (
+            json!({"accessKeyId": "cm9ib3Q=", "secretKey": "czNjcmV0"}),
+            Some(json!({})),
+            "certConfigMap \"reg-ca\": ConfigMap os/reg-ca holds no certificates",
+        ),
+    ] {
+        let world = World { crons: vec![private_registry_cron()], ..World::default() };
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "reg-creds", "namespace": "os"}, "data": secret_data});
+        let mut expected =
+            vec![expect(Method::GET, SECRET, BodyCheck::Exact(Value::Null)).reply(200, secret)];
+        if let Some(data) = config_map_data {
+            let map = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "reg-ca", "namespace": "os"}, "data": data});
+            expected.push(expect(Method::GET, CONFIG_MAP, BodyCheck::Exact(Value::Null)).reply(200, map));
+        }
+        expected.push(patch(CRON, BodyCheck::Fields(vec![])));
+        expected.push(patch(
+            CRON_STATUS,
+            BodyCheck::Fields(vec![(
+                "/status/conditions/0",
+                condition("Polled", "False", "PollFailed", message),
+            )]),
+        ));
+        let (_, asked) = run_cron(world, Ok(DIGEST.to_owned()), expected).await;
+        assert!(asked.is_empty(), "{message}: the registry was polled: {asked:?}");
+    }
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! The DataImportCron reconciler: observe (caches) → [`plan_cron`] → apply as kube objects.
 //!
 //! Steps, in the plan's order:
-//! - `Poll` → [`DigestSource::digest`] of the template's registry URL; a merge patch of the
+//! - `Poll` → the template's `secretRef` Secret and `certConfigMap` ConfigMap (read now, in
+//!   the cron's namespace) → [`DigestSource::digest`] of its registry URL; a merge patch of the
 //!   cron's annotations (`lastCronTime`, `nextCronTime`, and on success `sourceDesiredDigest`)
 //!   and of its status (`lastExecutionTimestamp`, the `Polled` condition embedded mode also
 //!   keeps); then the plan is made again with the new annotations.
@@ -16,12 +17,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::kube::Client;
 use ::kube::api::{Api, Patch, PatchParams};
 use ::kube::runtime::controller::Action;
 use ::kube::runtime::reflector::ObjectRef;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde_json::{Value, json};
 
-use super::{CatalogContext, create_object, delete_object};
+use super::{CatalogContext, RegistryAccess, create_object, delete_object};
 use crate::api::{DataImportCron, DataImportCronStatus, DataSource, DataVolume, Timestamp};
 use crate::catalog::{
     ANN_DESIRED_DIGEST, ANN_LAST_CRON_TIME, ANN_LAST_USE_TIME, ANN_NEXT_CRON_TIME, CronObserved, CronStep,
@@ -197,9 +200,9 @@ pub fn import_observed(dv: &DataVolume) -> ImportObserved {
 /// Polls the cron's registry tag now; records the outcome on the API object and in `cron`.
 async fn poll(cron: &mut DataImportCron, apis: &Apis, ctx: &CatalogContext, at: Timestamp) -> Result<()> {
     let name = cron.metadata.name().to_owned();
-    let outcome = match poll_source(cron) {
-        Ok(url) => ctx.digests.digest(&url).await,
-        Err(message) => Err(message),
+    let outcome = match (poll_source(cron), registry_access(cron, &ctx.client).await) {
+        (Ok(url), Ok(access)) => ctx.digests.digest(&url, &access).await,
+        (Err(message), _) | (_, Err(message)) => Err(message),
     };
     let mut annotations = BTreeMap::new();
     annotations.insert(ANN_LAST_CRON_TIME.to_owned(), at.to_rfc3339());
@@ -241,6 +244,51 @@ fn poll_source(cron: &DataImportCron) -> std::result::Result<String, String> {
         return Err("only registry sources can be polled by diskplane".into());
     };
     registry.url.clone().ok_or_else(|| "registry imageStream sources need OpenShift".into())
+}
+
+/// The registry credentials (`secretRef`: keys `accessKeyId` and `secretKey`, as CDI's
+/// importer reads them) and extra CA certificates (`certConfigMap`: every key) the cron's
+/// template names, or why they cannot be read (one line, for the `Polled` condition).
+async fn registry_access(
+    cron: &DataImportCron,
+    client: &Client,
+) -> std::result::Result<RegistryAccess, String> {
+    let namespace = cron.metadata.namespace();
+    let registry = cron.spec.template.spec.source.as_ref().and_then(|s| s.registry.as_ref());
+    let mut access = RegistryAccess::default();
+    let named = |name: Option<&String>| name.filter(|n| !n.is_empty()).cloned();
+    if let Some(name) = named(registry.and_then(|r| r.secret_ref.as_ref())) {
+        let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+            .get_opt(&name)
+            .await
+            .map_err(|e| format!("secretRef {name:?}: reading Secret {namespace}/{name}: {e}"))?
+            .ok_or_else(|| format!("secretRef {name:?}: Secret {namespace}/{name} not found"))?;
+        let key = |key: &str| {
+            let value =
+                secret.data.as_ref().and_then(|d| d.get(key)).ok_or_else(|| {
+                    format!("secretRef {name:?}: Secret {namespace}/{name} has no key {key:?}")
+                })?;
+            String::from_utf8(value.0.clone()).map_err(|_| {
+                format!("secretRef {name:?}: key {key:?} of Secret {namespace}/{name} is not UTF-8")
+            })
+        };
+        access.username = Some(key("accessKeyId")?);
+        access.password = Some(key("secretKey")?);
+    }
+    if let Some(name) = named(registry.and_then(|r| r.cert_config_map.as_ref())) {
+        let map = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+            .get_opt(&name)
+            .await
+            .map_err(|e| format!("certConfigMap {name:?}: reading ConfigMap {namespace}/{name}: {e}"))?
+            .ok_or_else(|| format!("certConfigMap {name:?}: ConfigMap {namespace}/{name} not found"))?;
+        access.ca_pems = map.data.unwrap_or_default().into_values().collect();
+        if access.ca_pems.is_empty() {
+            return Err(format!(
+                "certConfigMap {name:?}: ConfigMap {namespace}/{name} holds no certificates"
+            ));
+        }
+    }
+    Ok(access)
 }
 
 async fn patch_status(apis: &Apis, name: &str, status: &DataImportCronStatus) -> Result<()> {

@@ -22,9 +22,10 @@
 //!   (as CDI: `retentionPolicy: RetainAll` keeps them after the cron is deleted). With
 //!   `retentionPolicy: None` the cron gets the finalizer [`cron::FINALIZER`]; deleting the cron
 //!   deletes the objects labelled for cleanup ([`crate::catalog::cleanup_due`]), then drops it.
-//! - Only `registry` sources with a `url` are polled; `secretRef` / `certConfigMap` of the
-//!   template are not read yet (a private registry fails the poll, recorded in the `Polled`
-//!   condition). The `pvc` source kind (digest `uid:<PVC UID>`) and the `snapshot` source
+//! - Only `registry` sources with a `url` are polled. The template's `secretRef` (keys
+//!   `accessKeyId` / `secretKey`, as CDI) and `certConfigMap` (every key a PEM bundle) are read
+//!   at each poll from the cron's namespace ([`RegistryAccess`]); a missing Secret, key or
+//!   ConfigMap fails the poll, recorded in the `Polled` condition. The `pvc` source kind (digest `uid:<PVC UID>`) and the `snapshot` source
 //!   format are not implemented: imports are always DataVolumes/PVCs.
 //! - No Events are emitted for crons and DataSources (CDI emits a few).
 //! - VolumeSnapshot sources of DataSources are read with a GET per reconcile (no informer: the
@@ -47,12 +48,33 @@ use super::names::MANAGER;
 use super::resource::{DataImportCronObject, DataSourceObject, DataVolumeObject};
 use crate::api::{Condition, ConditionStatus, Timestamp};
 
+/// What a poll needs beyond the URL: the registry credentials of the template's `secretRef`
+/// and the extra CA certificates of its `certConfigMap`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RegistryAccess {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM bundles, one per ConfigMap key, in key order.
+    pub ca_pems: Vec<String>,
+}
+
+impl std::fmt::Debug for RegistryAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAccess")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca_pems", &self.ca_pems.len())
+            .finish()
+    }
+}
+
 /// Resolves a registry image reference (`docker://host/repo:tag`) to its manifest digest.
 pub trait DigestSource: Send + Sync {
     /// The digest (`sha256:…`), or why it could not be found (one line).
     fn digest<'a>(
         &'a self,
         url: &'a str,
+        access: &'a RegistryAccess,
     ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
 }
 
@@ -64,24 +86,51 @@ pub struct RegistryDigests {
 }
 
 impl RegistryDigests {
-    fn options(&self, url: &str) -> importer::HttpOptions {
+    fn options(&self, url: &str, access: &RegistryAccess) -> importer::HttpOptions {
         let host = url.strip_prefix("docker://").unwrap_or(url).split('/').next().unwrap_or("");
         importer::HttpOptions {
             insecure: self.insecure_registries.iter().any(|h| h == host),
+            username: access.username.clone(),
+            password: access.password.clone(),
             ..importer::HttpOptions::default()
         }
     }
+}
+
+/// The ConfigMap's certificates as one private temporary PEM file (the registry client reads
+/// its extra roots from a path); removed when dropped.
+fn ca_bundle_file(pems: &[String]) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::io::Write as _;
+    let mut file = tempfile::Builder::new().prefix("diskplane-registry-ca-").suffix(".pem").tempfile()?;
+    for pem in pems {
+        file.write_all(pem.as_bytes())?;
+        file.write_all(b"\n")?;
+    }
+    file.flush()?;
+    Ok(file)
 }
 
 impl DigestSource for RegistryDigests {
     fn digest<'a>(
         &'a self,
         url: &'a str,
+        access: &'a RegistryAccess,
     ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>> {
         Box::pin(async move {
-            importer::registry::resolve_digest(url, &self.options(url))
+            let mut options = self.options(url, access);
+            let bundle = if access.ca_pems.is_empty() {
+                None
+            } else {
+                let file = ca_bundle_file(&access.ca_pems)
+                    .map_err(|e| format!("polling {url}: writing the certConfigMap's CA bundle: {e}"))?;
+                options.ca_certs = Some(file.path().to_owned());
+                Some(file)
+            };
+            let digest = importer::registry::resolve_digest(url, &options)
                 .await
-                .map_err(|e| format!("polling {url}: {}", e.to_string().replace('\n', " ")))
+                .map_err(|e| format!("polling {url}: {}", e.to_string().replace('\n', " ")));
+            drop(bundle);
+            digest
         })
     }
 }
@@ -171,8 +220,25 @@ mod tests {
     #[test]
     fn only_listed_registries_are_plain_http() {
         let digests = RegistryDigests { insecure_registries: vec!["127.0.0.1:5000".into()] };
-        assert!(digests.options("docker://127.0.0.1:5000/fedora:40").insecure);
-        assert!(!digests.options("docker://quay.io/fedora:40").insecure);
+        let none = RegistryAccess::default();
+        assert!(digests.options("docker://127.0.0.1:5000/fedora:40", &none).insecure);
+        assert!(!digests.options("docker://quay.io/fedora:40", &none).insecure);
+    }
+
+    #[test]
+    fn credentials_reach_the_registry_client_and_never_debug_output() {
+        let access = RegistryAccess {
+            username: Some("robot".into()),
+            password: Some("s3cret".into()),
+            ca_pems: vec!["pem".into()],
+        };
+        let options = RegistryDigests::default().options("docker://quay.io/fedora:40", &access);
+        assert_eq!(
+            (options.username.as_deref(), options.password.as_deref()),
+            (Some("robot"), Some("s3cret"))
+        );
+        let shown = format!("{access:?}");
+        assert!(!shown.contains("s3cret") && shown.contains("robot"), "{shown}");
     }
 
     #[test]

@@ -53,8 +53,11 @@ pub const CONTROLLER: &[Rule] = &[
         verbs: &["get", "list", "watch", "create", "delete"],
     },
     // The upload server's token key and a host-assisted clone's shared token, one Secret per
-    // DataVolume (and per namespace of a clone); read back only by name, never listed.
+    // DataVolume (and per namespace of a clone), and a DataImportCron's `secretRef` (registry
+    // credentials for its polls); read only by name, never listed.
     Rule { api_group: "", resources: &["secrets"], verbs: &["get", "create", "delete"] },
+    // A DataImportCron's `certConfigMap` (the CA of a private registry it polls).
+    Rule { api_group: "", resources: &["configmaps"], verbs: &["get"] },
     // Events on DataVolumes (kube-rs' recorder writes events.k8s.io/v1).
     Rule { api_group: "events.k8s.io", resources: &["events"], verbs: &["create", "patch"] },
     // Binding mode (WaitForFirstConsumer) and provisioner of a claim's class.
