@@ -167,6 +167,13 @@ async fn create_as_alice(url: &str, identity: Option<&(PathBuf, PathBuf)>, body:
         .await
         .expect("request");
     let status = response.status().as_u16();
+    if status == 200 {
+        // As cdi-apiserver: the token must not be sniffed into something a browser runs.
+        assert_eq!(
+            response.headers().get("x-content-type-options").map(|v| v.as_bytes()),
+            Some(&b"nosniff"[..])
+        );
+    }
     (status, response.json().await.expect("JSON answer"))
 }
 
