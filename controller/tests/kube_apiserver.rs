@@ -16,7 +16,8 @@ use controller::kube::apiserver::{ApiServer, load_front_proxy, serve as serve_ap
 use http::Method;
 use kube::Client;
 use serde_json::{Value, json};
-use uploader::token::{TokenKey, UploadContent, peek};
+use uploader::proxy::{DEFAULT_UPSTREAM_WAIT, Proxy, ProxyConfig, Upstream};
+use uploader::token::{TokenKey, UploadContent, peek, unix_now};
 
 const NOW: u64 = 1_800_000_000;
 const CONFIG_MAP: &str = "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication";
@@ -94,6 +95,11 @@ struct Harness {
 impl Harness {
     /// Starts the server; the mock first answers the ConfigMap read, then `expected`.
     async fn start(expected: Vec<Expect>) -> Harness {
+        Self::start_with_clock(expected, || NOW).await
+    }
+
+    /// [`Harness::start`] with the server's clock `now`.
+    async fn start_with_clock(expected: Vec<Expect>, now: fn() -> u64) -> Harness {
         importer::tls::install_crypto_provider();
         let pki = pki();
         let (service, handle) =
@@ -109,7 +115,7 @@ impl Harness {
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("https://{}", tcp.local_addr().expect("address"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let state = ApiServer { client, key: global_key(), front_proxy, now: || NOW };
+        let state = ApiServer { client, key: global_key(), front_proxy, now };
         let server = tokio::spawn(async move {
             serve_apiserver(tcp, config, state, async {
                 let _ = stopped.await;
@@ -261,6 +267,48 @@ async fn an_archive_data_volume_gets_an_archive_token() {
     assert_eq!(status, 200, "{object}");
     let claims = peek(object["status"]["token"].as_str().expect("token")).expect("claims");
     assert_eq!(claims.content, UploadContent::Archive);
+}
+
+/// Serves `app` over plain HTTP on 127.0.0.1; its base URL.
+async fn serve_plain(app: axum::Router) -> String {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", tcp.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(tcp, app).await.expect("serving") });
+    url
+}
+
+#[tokio::test]
+async fn the_upload_proxy_accepts_the_token_and_forwards_the_upload() {
+    let harness = Harness::start_with_clock(
+        vec![review(true), get(DISK).reply(200, data_volume(json!({"upload": {}}), None))],
+        unix_now,
+    )
+    .await;
+    let body = token_request("disk").to_string();
+    let (status, object) = create_as_alice(&harness.url, Some(&pki().front_proxy), body.as_bytes()).await;
+    harness.finish().await;
+    assert_eq!(status, 200, "{object}");
+    let token = object["status"]["token"].as_str().expect("token").to_owned();
+    // The DataVolume's upload server, reduced to what the proxy needs: /healthz and the route.
+    let upload_server = axum::Router::new().route("/healthz", axum::routing::get(|| async { "OK" })).route(
+        "/v1beta1/upload-async",
+        axum::routing::post(|body: axum::body::Bytes| async move { format!("{} bytes", body.len()) }),
+    );
+    let upstream = Upstream::parse(&serve_plain(upload_server).await).expect("upstream");
+    let config =
+        ProxyConfig { key: global_key(), upstream, upstream_ca: None, upstream_wait: DEFAULT_UPSTREAM_WAIT };
+    let proxy = serve_plain(uploader::proxy::router(Proxy::new(config).expect("proxy"))).await;
+
+    let response = reqwest::Client::new()
+        .post(format!("{proxy}/v1beta1/upload-async"))
+        .bearer_auth(&token)
+        .body(vec![0u8; 4096])
+        .send()
+        .await
+        .expect("upload through the proxy");
+
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.text().await.expect("body"), "4096 bytes");
 }
 
 // ---- authentication: only the front proxy -----------------------------------------------
