@@ -59,6 +59,10 @@ enum Command {
     /// Kubernetes mode: the cluster's upload endpoint; verifies upload tokens and streams
     /// uploads to the DataVolumes' upload Pods over TLS.
     UploadProxy(cmd::upload_proxy::UploadProxyArgs),
+    /// Kubernetes mode: the aggregated API server of UploadTokenRequest
+    /// (upload.cdi.kubevirt.io/v1beta1), behind the APIService; issues upload tokens after a
+    /// SubjectAccessReview.
+    Apiserver(cmd::apiserver::ApiserverArgs),
 }
 
 /// How `info` prints.
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
         Command::Crds(args) => cmd::crds::run(&args),
         Command::Controller(args) => cmd::controller::run(&args),
         Command::UploadProxy(args) => cmd::upload_proxy::run(&args),
+        Command::Apiserver(args) => cmd::apiserver::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -309,11 +309,17 @@ const DEPLOY_KINDS: &[(&str, &str, bool)] = &[
     ("apps/v1", "Deployment", true),
     ("rbac.authorization.k8s.io/v1", "ClusterRole", false),
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", false),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding", true),
+    ("apiregistration.k8s.io/v1", "APIService", false),
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition", false),
     ("kustomize.config.k8s.io/v1beta1", "Kustomization", false),
 ];
 
 const NAMESPACE: &str = "diskplane";
+
+/// The one object outside namespace `diskplane`: the apiserver's binding to the built-in Role
+/// that reads the front proxy's ConfigMap, which lives in kube-system.
+const KUBE_SYSTEM_BINDING: (&str, &str) = ("RoleBinding", "diskplane-apiserver-authentication-reader");
 
 fn str_at<'a>(doc: &'a Value, pointer: &str) -> &'a str {
     doc.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
@@ -353,6 +359,7 @@ fn deploy_manifests_have_known_kinds_names_and_namespaces() {
         let namespace = doc.pointer("/metadata/namespace").and_then(Value::as_str);
         match (namespaced, namespace) {
             (true, Some(NAMESPACE)) | (false, None) => {}
+            (true, Some("kube-system")) if (kind, name) == KUBE_SYSTEM_BINDING => {}
             _ => problems.push(format!("{file}: {kind} {name} has namespace {namespace:?}")),
         }
         if str_at(doc, "/metadata/labels/app.kubernetes.io~1part-of") != "diskplane" {
@@ -360,8 +367,17 @@ fn deploy_manifests_have_known_kinds_names_and_namespaces() {
         }
     }
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
-    for kind in ["Namespace", "ServiceAccount", "Deployment", "Service", "ClusterRole", "ClusterRoleBinding"]
-    {
+    let expected_kinds = [
+        "Namespace",
+        "ServiceAccount",
+        "Deployment",
+        "Service",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "RoleBinding",
+        "APIService",
+    ];
+    for kind in expected_kinds {
         assert!(kinds.contains(kind), "deploy/ has no {kind}");
     }
     let crds = docs.iter().filter(|(_, d)| d["kind"] == "CustomResourceDefinition").count();
@@ -381,7 +397,7 @@ fn deploy_pods_meet_the_restricted_pod_security_standard() {
     let docs = deploy_documents();
     let deployments: Vec<&Value> =
         docs.iter().filter(|(_, d)| d["kind"] == "Deployment").map(|(_, d)| d).collect();
-    assert_eq!(deployments.len(), 2, "controller and upload proxy");
+    assert_eq!(deployments.len(), 3, "controller, upload proxy, apiserver");
     for deployment in deployments {
         let name = str_at(deployment, "/metadata/name");
         let spec = deployment.pointer("/spec/template/spec").expect("pod template");
@@ -458,6 +474,46 @@ fn deploy_references_resolve() {
                     }
                 }
             }
+            "RoleBinding" => {
+                let reader = doc["roleRef"]["kind"] == "Role"
+                    && doc["roleRef"]["name"] == "extension-apiserver-authentication-reader";
+                if !reader {
+                    problems.push(format!("{file}: {name}: binds more than the authentication reader"));
+                }
+                for subject in doc["subjects"].as_array().into_iter().flatten() {
+                    if subject["kind"] != "ServiceAccount"
+                        || subject["namespace"] != NAMESPACE
+                        || !accounts.contains(str_at(subject, "/name"))
+                    {
+                        problems.push(format!(
+                            "{file}: {name}: subject {subject} is not a ServiceAccount in deploy/"
+                        ));
+                    }
+                }
+            }
+            "APIService" => {
+                let expected_name =
+                    format!("{}.{}", str_at(doc, "/spec/version"), str_at(doc, "/spec/group"));
+                if name != expected_name {
+                    problems.push(format!("{file}: APIService {name} should be named {expected_name}"));
+                }
+                let (service, namespace) =
+                    (str_at(doc, "/spec/service/name"), str_at(doc, "/spec/service/namespace"));
+                let port = &doc["spec"]["service"]["port"];
+                let target = docs.iter().find(|(_, d)| {
+                    d["kind"] == "Service"
+                        && d["metadata"]["name"] == service
+                        && d["metadata"]["namespace"] == namespace
+                });
+                let serves = target.is_some_and(|(_, d)| {
+                    d["spec"]["ports"].as_array().into_iter().flatten().any(|p| &p["port"] == port)
+                });
+                if !serves {
+                    problems.push(format!(
+                        "{file}: APIService {name}: no Service {namespace}/{service} with port {port} in deploy/"
+                    ));
+                }
+            }
             "ClusterRoleBinding" => {
                 if doc["roleRef"]["kind"] != "ClusterRole" || !roles.contains(str_at(doc, "/roleRef/name")) {
                     problems.push(format!("{file}: {name}: roleRef is not a ClusterRole in deploy/"));
@@ -529,6 +585,18 @@ fn deploy_cluster_roles_grant_exactly_what_the_rbac_list_says() {
     let missing: Vec<_> = expected.difference(&controller).collect();
     let extra: Vec<_> = controller.difference(&expected).collect();
     assert!(missing.is_empty() && extra.is_empty(), "controller: missing {missing:?}, extra {extra:?}");
+    let apiserver = cluster_role_triples(&docs, "diskplane-apiserver");
+    let expected = rbac_triples(rbac::APISERVER);
+    let missing: Vec<_> = expected.difference(&apiserver).collect();
+    let extra: Vec<_> = apiserver.difference(&expected).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "apiserver: missing {missing:?}, extra {extra:?}");
+    // Aggregated API servers read the front proxy's ConfigMap through the built-in Role only.
+    let bindings: Vec<(&str, &str)> = docs
+        .iter()
+        .filter(|(_, d)| d["kind"] == "RoleBinding")
+        .map(|(_, d)| (str_at(d, "/metadata/namespace"), str_at(d, "/roleRef/name")))
+        .collect();
+    assert_eq!(bindings, [("kube-system", "extension-apiserver-authentication-reader")]);
     // The upload proxy needs no API access: no role, no binding, no token mounted.
     assert!(rbac::UPLOAD_PROXY.is_empty());
     let proxy_rbac: Vec<&str> = docs
@@ -624,8 +692,10 @@ fn lost_fields(original: &Value, back: &Value, at: String, lost: &mut Vec<String
 fn deploy_round_trip(doc: &Value) -> Result<Vec<String>, String> {
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::RoleBinding;
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
     match doc["kind"].as_str().unwrap_or_default() {
         "Namespace" => typed_round_trip::<Namespace>(doc),
         "ServiceAccount" => typed_round_trip::<ServiceAccount>(doc),
@@ -633,6 +703,8 @@ fn deploy_round_trip(doc: &Value) -> Result<Vec<String>, String> {
         "Deployment" => typed_round_trip::<Deployment>(doc),
         "ClusterRole" => typed_round_trip::<ClusterRole>(doc),
         "ClusterRoleBinding" => typed_round_trip::<ClusterRoleBinding>(doc),
+        "RoleBinding" => typed_round_trip::<RoleBinding>(doc),
+        "APIService" => typed_round_trip::<APIService>(doc),
         "CustomResourceDefinition" => typed_round_trip::<CustomResourceDefinition>(doc),
         other => Err(format!("no typed check for kind {other:?}")),
     }

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod apiserver;
 pub mod apply;
 pub mod client;
 pub mod clone;

@@ -82,7 +82,7 @@ pub fn run(args: &UploadProxyArgs) -> Result<()> {
 }
 
 /// SIGINT or SIGTERM (Kubernetes stops Pods with SIGTERM).
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => {

@@ -58,3 +58,32 @@ fn openssl(dir: &Path, args: &[&str]) {
         .expect("running openssl (is it installed?)");
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A client certificate (`extendedKeyUsage=clientAuth`) with subject CommonName `cn`, signed by
+/// `pki`'s CA: `(certificate, key)` as `<cn>.crt` / `<cn>.key` in `dir` (an API server's front
+/// proxy, a clone source). EC P-256 like the rest.
+pub fn make_client_cert(pki: &TestPki, dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
+    let (cert, key, csr, ext) =
+        (format!("{cn}.crt"), format!("{cn}.key"), format!("{cn}.csr"), format!("{cn}.ext"));
+    openssl(
+        dir,
+        &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+            .into_iter()
+            .chain(["-subj", &format!("/CN={cn}"), "-keyout", &key, "-out", &csr])
+            .collect::<Vec<_>>(),
+    );
+    std::fs::write(
+        dir.join(&ext),
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .expect("writing the client extensions");
+    let (ca, ca_key) = (pki.ca.display().to_string(), pki.ca_key.display().to_string());
+    openssl(
+        dir,
+        &["x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial"]
+            .into_iter()
+            .chain(["-days", "2", "-extfile", &ext, "-out", &cert])
+            .collect::<Vec<_>>(),
+    );
+    (dir.join(cert), dir.join(key))
+}

@@ -234,6 +234,22 @@ impl TokenKey {
         TokenKey(self.derive_hex(namespace, name, uid).into_bytes())
     }
 
+    /// A cluster upload token for the DataVolume `namespace/name` with `uid` and content type
+    /// `content`, issued at `now` for [`DEFAULT_TTL`]: the claims name the uid and are signed
+    /// with the key [`TokenKey::derive`] gives for that DataVolume (what the upload proxy and
+    /// the upload Pod verify). `self` is the global key.
+    pub fn issue_for_data_volume(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        content: UploadContent,
+        now: u64,
+    ) -> String {
+        let claims = Claims::upload(namespace, name, now, DEFAULT_TTL).for_data_volume(uid, content);
+        self.derive(namespace, name, uid).issue(&claims)
+    }
+
     /// Signs `claims` into a token.
     pub fn issue(&self, claims: &Claims) -> String {
         // Serializing plain strings and integers cannot fail.
@@ -426,6 +442,18 @@ mod tests {
         assert_eq!((seen.uid.as_str(), seen.content), ("uid-1", UploadContent::Archive));
         let verified = global.derive(&seen.namespace, &seen.name, &seen.uid).decode(&token, NOW).unwrap();
         assert_eq!(verified, claims);
+        assert_eq!(global.decode(&token, NOW), Err(TokenError::BadSignature));
+        assert_eq!(global.derive("ns", "disk", "uid-2").decode(&token, NOW), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn a_data_volume_token_names_its_uid_and_verifies_only_with_its_derived_key() {
+        let global = key();
+        let token = global.issue_for_data_volume("ns", "disk", "uid-1", UploadContent::Archive, NOW);
+
+        let expected =
+            Claims::upload("ns", "disk", NOW, DEFAULT_TTL).for_data_volume("uid-1", UploadContent::Archive);
+        assert_eq!(global.derive("ns", "disk", "uid-1").verify(&token, "ns", "disk", NOW), Ok(expected));
         assert_eq!(global.decode(&token, NOW), Err(TokenError::BadSignature));
         assert_eq!(global.derive("ns", "disk", "uid-2").decode(&token, NOW), Err(TokenError::BadSignature));
     }

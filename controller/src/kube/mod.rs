@@ -20,6 +20,7 @@
 //! - [`metrics`]: a running worker's progress from its metrics endpoint.
 //! - [`observe`]: PVC / Pod / termination message / metrics → `plan`'s observation.
 //! - [`reconcile`]: [`reconcile::reconcile`] and [`reconcile::Context`].
+//! - [`apiserver`]: `diskplane apiserver`, the aggregated API server of `UploadTokenRequest`.
 //! - [`run`]: `diskplane controller` (informers + `runtime::Controller`s).
 //! - [`catalog`]: the DataSource and DataImportCron controllers (the pure plans of
 //!   [`crate::catalog`], shared with embedded mode).
@@ -40,13 +41,15 @@
 //!   cross the Pod network unencrypted. The Secrets live until the DataVolume is deleted.
 //! - The upload Pod gets a per-DataVolume token key Secret derived from the global key
 //!   (`uploader::token`), which `diskplane upload-proxy` derives too to check tokens before
-//!   forwarding; the proxy reaches upload Pods over plain HTTP (no certificates yet), and
-//!   nothing in a cluster serves `UploadTokenRequest` yet.
+//!   forwarding; the proxy reaches upload Pods over plain HTTP (no certificates yet).
+//!   `UploadTokenRequest` is served by [`apiserver`] (`diskplane apiserver`, an aggregated API
+//!   server), which signs tokens with the same derived keys.
 //! - Cross-namespace clones watch all namespaces: with `--namespace` the source PVC of another
 //!   namespace is not in the caches and the clone waits for it.
 //! - Status is written as a JSON merge patch: a field `plan` drops (rare: only `extra`) would
 //!   stay.
 
+pub mod apiserver;
 pub mod build;
 pub mod catalog;
 pub mod clone;

@@ -51,6 +51,7 @@ use crate::local::{DATASOURCES, DATAVOLUMES, Driver, DriverOptions};
 use crate::manifest::{Manifest, to_manifest};
 use crate::validate::validate_manifest;
 pub use status::ApiError;
+pub(crate) use upload::{parse_token_request, token_response};
 
 /// Builds the router over a driver.
 pub fn app(driver: Arc<Driver>) -> Router {
@@ -138,7 +139,7 @@ fn served(resource: &str) -> Result<&'static str, ApiError> {
     })
 }
 
-fn json_response(code: StatusCode, value: &Value) -> Response {
+pub(crate) fn json_response(code: StatusCode, value: &Value) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_default();
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

@@ -54,8 +54,24 @@ async fn request_token(
     Path(ns): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let request = parse_token_request(&ns, &body)?;
+    let pvc = request.spec.pvc_name.clone();
+    upload_datavolume(&issuer.driver, &ns, &pvc)
+        .map_err(|message| ApiError::new(StatusCode::NOT_FOUND, "NotFound", message))?;
+    let token = issuer.key.issue(&Claims::upload(&ns, &pvc, unix_now(), DEFAULT_TTL));
+    Ok(token_response(request, token, StatusCode::CREATED))
+}
+
+/// The `UploadTokenRequest` in `body`, posted to namespace `ns`: kind and apiVersion (when
+/// given) must be ours, `metadata.namespace` (when given) must be `ns` (it is set to `ns`),
+/// `spec.pvcName` must be set. Shared with the cluster's token endpoint
+/// (`kube::apiserver`).
+///
+/// # Errors
+/// 400 for a body that is not an UploadTokenRequest, 422 without `spec.pvcName`.
+pub(crate) fn parse_token_request(ns: &str, body: &[u8]) -> Result<UploadTokenRequest, ApiError> {
     let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message);
-    let mut request: UploadTokenRequest = serde_json::from_slice(&body)
+    let mut request: UploadTokenRequest = serde_json::from_slice(body)
         .map_err(|e| bad(format!("the body is not an UploadTokenRequest: {e}")))?;
     let wrong = |given: &str, want: &str| !given.is_empty() && given != want;
     if wrong(&request.kind, KIND) || wrong(&request.api_version, UPLOAD_API_VERSION) {
@@ -70,19 +86,20 @@ async fn request_token(
                 "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({ns})"
             )));
         }
-        _ => request.metadata.namespace = Some(ns.clone()),
+        _ => request.metadata.namespace = Some(ns.to_owned()),
     }
-    let pvc = request.spec.pvc_name.clone();
-    if pvc.is_empty() {
+    if request.spec.pvc_name.is_empty() {
         let name = request.metadata.name.clone().unwrap_or_default();
         return Err(ApiError::invalid(KIND, &name, "spec.pvcName", "Required value"));
     }
-    upload_datavolume(&issuer.driver, &ns, &pvc)
-        .map_err(|message| ApiError::new(StatusCode::NOT_FOUND, "NotFound", message))?;
-    let token = issuer.key.issue(&Claims::upload(&ns, &pvc, unix_now(), DEFAULT_TTL));
+    Ok(request)
+}
+
+/// `request` with `status.token` set, as the answer with `code`.
+pub(crate) fn token_response(mut request: UploadTokenRequest, token: String, code: StatusCode) -> Response {
     request.kind = KIND.into();
     request.api_version = UPLOAD_API_VERSION.into();
     request.status = Some(UploadTokenRequestStatus { token, ..Default::default() });
     let object = serde_json::to_value(&request).unwrap_or_else(|_| json!({}));
-    Ok(json_response(StatusCode::CREATED, &object))
+    json_response(code, &object)
 }

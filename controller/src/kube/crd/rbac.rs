@@ -4,7 +4,7 @@
 //!
 //! Least privilege: the controller gets exactly what it reads and writes; the upload proxy and
 //! worker pods get no API access at all (their ServiceAccount has no role and
-//! no token is mounted).
+//! no token is mounted); `diskplane apiserver` reads what a token request needs.
 
 /// One `rules[]` entry of a ClusterRole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +75,17 @@ pub const CONTROLLER: &[Rule] = &[
 
 /// What the upload proxy may do with the API: nothing. It checks a token with the key it
 /// derives for the DataVolume the token names and reads the content type from the signed
-/// claims, so it has no ClusterRole and its Pod mounts no service-account token. (Serving
-/// `UploadTokenRequest` will need `get` on DataVolumes and `create` on SubjectAccessReviews.)
+/// claims, so it has no ClusterRole and its Pod mounts no service-account token.
 pub const UPLOAD_PROXY: &[Rule] = &[];
+
+/// The ClusterRole `diskplane-apiserver` (`kube::apiserver`). Besides it, a RoleBinding in
+/// kube-system to the built-in Role `extension-apiserver-authentication-reader` (the front
+/// proxy's ConfigMap); no `system:auth-delegator` (no TokenReviews are made).
+pub const APISERVER: &[Rule] = &[
+    // May the user the front proxy forwards create UploadTokenRequests in the namespace?
+    Rule { api_group: "authorization.k8s.io", resources: &["subjectaccessreviews"], verbs: &["create"] },
+    // The DataVolume a token is for (its uid and content type), by name only.
+    Rule { api_group: "cdi.kubevirt.io", resources: &["datavolumes"], verbs: &["get"] },
+    // A PVC of that name without DataVolume: a clear refusal instead of a bare 404.
+    Rule { api_group: "", resources: &["persistentvolumeclaims"], verbs: &["get"] },
+];
