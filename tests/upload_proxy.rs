@@ -1,7 +1,8 @@
 //! `diskplane upload-proxy` end to end: real processes on 127.0.0.1 — the proxy (TLS, global
 //! key) in front of `diskplane worker upload-server` (TLS, the DataVolume's derived key), both
-//! with certificates of a throw-away CA made by openssl; `curl` as the client (as CDI's
-//! doc/upload.md does) and `qemu-img convert -O raw` as the oracle.
+//! with certificates of a throw-away CA made by openssl, or (last section) upload servers with
+//! certificates issued by the controller's CA module as in a cluster; `curl` as the client (as
+//! CDI's doc/upload.md does) and `qemu-img convert -O raw` as the oracle.
 //!
 //! Needs qemu-img, curl and openssl (see `.ci/packages.txt`).
 
@@ -15,8 +16,10 @@ mod tls;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{free_port, run_ok, sha256_file};
+use controller::kube::certs::CertificateAuthority;
 use tls::{TestPki, make_pki};
 use uploader::token::{Claims, DEFAULT_TTL, TokenKey, UploadContent, unix_now};
 
@@ -58,6 +61,11 @@ impl Cluster {
     /// The upload Pod of DataVolume `NS/name`: its key file holds the derived key (what the
     /// controller writes into the Secret `cdi-upload-<name>`). Returns it and its https base URL.
     fn upload_server(&self, name: &str, size: &str) -> (Running, String) {
+        self.upload_server_with(name, size, &self.pki.cert, &self.pki.key)
+    }
+
+    /// [`Cluster::upload_server`] serving `cert` / `key`.
+    fn upload_server_with(&self, name: &str, size: &str, cert: &Path, key: &Path) -> (Running, String) {
         let key_file = self.path(&format!("{name}.derived-key"));
         std::fs::write(&key_file, self.global.derive_hex(NS, name, UID)).expect("writing the derived key");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_diskplane"));
@@ -67,9 +75,9 @@ impl Cluster {
             .arg("--token-key")
             .arg(&key_file)
             .arg("--tls-cert")
-            .arg(&self.pki.cert)
+            .arg(cert)
             .arg("--tls-key")
-            .arg(&self.pki.key)
+            .arg(key)
             .arg("--scratch-dir")
             .arg(self.dir.path());
         start(cmd, "upload-server")
@@ -81,6 +89,11 @@ impl Cluster {
 
     /// The proxy in front of `upstream` (a template), with the test CA for https upstreams.
     fn proxy(&self, upstream: &str, extra: &[&str]) -> (Running, String) {
+        self.proxy_with_ca(upstream, &self.pki.ca, extra)
+    }
+
+    /// [`Cluster::proxy`] verifying https upstreams against `ca`.
+    fn proxy_with_ca(&self, upstream: &str, ca: &Path, extra: &[&str]) -> (Running, String) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_diskplane"));
         cmd.args(["upload-proxy", "--listen", "127.0.0.1:0", "--upstream", upstream])
             .arg("--tls-cert")
@@ -91,7 +104,7 @@ impl Cluster {
             .arg(&self.global_file)
             .args(extra);
         if upstream.starts_with("https://") {
-            cmd.arg("--upstream-ca").arg(&self.pki.ca);
+            cmd.arg("--upstream-ca").arg(ca);
         }
         start(cmd, "upload-proxy")
     }
@@ -378,4 +391,109 @@ fn an_early_refusal_of_the_upload_server_passes_through_mid_body() {
     assert!(text.contains("exceeds the limit"), "{text}");
     assert!(!text.contains("error in upload-proxy"), "{text}");
     assert!(!c.volume("small").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upload pods with certificates from the controller's CA (`controller::kube::certs`), as in a
+// cluster: the proxy trusts only the CA bundle the controller publishes.
+
+/// A CA made by the controller's module, its bundle written to `<prefix>-ca.crt`.
+fn controller_ca(c: &Cluster, prefix: &str) -> (CertificateAuthority, PathBuf) {
+    let ca = CertificateAuthority::generate(now(), None).expect("a CA");
+    let bundle = c.path(&format!("{prefix}-ca.crt"));
+    std::fs::write(&bundle, ca.bundle_pem()).expect("writing the bundle");
+    (ca, bundle)
+}
+
+/// A serving certificate from `ca` for `names`, written to `<prefix>.crt` / `<prefix>.key`.
+fn serving(c: &Cluster, ca: &CertificateAuthority, prefix: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let leaf = ca.issue(&names, now()).expect("a serving certificate");
+    let (cert, key) = (c.path(&format!("{prefix}.crt")), c.path(&format!("{prefix}.key")));
+    std::fs::write(&cert, &leaf.cert_pem).expect("writing the certificate");
+    std::fs::write(&key, &leaf.key_pem).expect("writing the key");
+    (cert, key)
+}
+
+fn now() -> i64 {
+    i64::try_from(unix_now()).expect("time")
+}
+
+#[test]
+fn a_qcow2_uploaded_to_a_pod_with_a_controller_issued_certificate_matches_qemu_img() {
+    let c = cluster();
+    let (qcow2, reference) = qcow2_and_reference(c.dir.path());
+    let (ca, bundle) = controller_ca(&c, "controller");
+    // The address the proxy dials is the certificate's name (in a cluster: the Service's).
+    let (cert, key) = serving(&c, &ca, "pod", &["127.0.0.1"]);
+    let (mut server, upstream) = c.upload_server_with("disk", "64M", &cert, &key);
+    assert!(upstream.starts_with("https://127.0.0.1:"), "{upstream}");
+    let (_proxy, proxy) = c.proxy_with_ca(&upstream, &bundle, &[]);
+    let token = c.token("disk", UploadContent::Kubevirt);
+
+    let data = format!("@{}", qcow2.display());
+    let (status, body) = c.curl(
+        &format!("{proxy}/v1beta1/upload"),
+        &["-H", &bearer(&token), "-H", "Content-Type: application/octet-stream", "--data-binary", &data],
+    );
+
+    assert_eq!(status, 200, "{body}");
+    assert!(server.0.wait().expect("waiting for upload-server").success());
+    assert_eq!(sha256_file(&c.volume("disk")), reference);
+}
+
+#[test]
+fn upload_pod_certificates_of_another_ca_or_name_are_refused_naming_tls_and_nothing_is_written() {
+    let c = cluster();
+    let (ours, bundle) = controller_ca(&c, "ours");
+    let (theirs, _) = controller_ca(&c, "theirs");
+    let (foreign_cert, foreign_key) = serving(&c, &theirs, "foreign", &["127.0.0.1"]);
+    // Ours, but for a Service name: the proxy dials 127.0.0.1.
+    let (named_cert, named_key) = serving(&c, &ours, "named", &["cdi-upload-disk.tenant.svc"]);
+    for (cert, key, expect) in
+        [(&foreign_cert, &foreign_key, "UnknownIssuer"), (&named_cert, &named_key, "not valid for name")]
+    {
+        let (_server, upstream) = c.upload_server_with("disk", "64M", cert, key);
+        let (_proxy, proxy) = c.proxy_with_ca(&upstream, &bundle, &["--upstream-wait-secs", "2"]);
+        let token = c.token("disk", UploadContent::Kubevirt);
+
+        let (status, text) =
+            c.curl(&format!("{proxy}/v1beta1/upload"), &["-H", &bearer(&token), "--data-binary", "x"]);
+
+        assert_eq!(status, 503, "{text}");
+        assert!(text.starts_with("error in upload-proxy: "), "{text}");
+        assert!(text.contains("certificate") && text.contains(expect), "{expect}: {text}");
+        assert!(!c.volume("disk").exists(), "nothing may be written");
+    }
+}
+
+#[test]
+fn the_proxy_trusts_a_renewed_ca_once_its_bundle_file_changes() {
+    let c = cluster();
+    let (_old, bundle) = controller_ca(&c, "old");
+    let (renewed, renewed_bundle) = controller_ca(&c, "renewed");
+    let (cert, key) = serving(&c, &renewed, "pod", &["127.0.0.1"]);
+    let (mut server, upstream) = c.upload_server_with("disk", "64M", &cert, &key);
+    let extra = ["--upstream-wait-secs", "1", "--upstream-ca-reload-secs", "1"];
+    let (_proxy, proxy) = c.proxy_with_ca(&upstream, &bundle, &extra);
+    let token = c.token("disk", UploadContent::Kubevirt);
+    let probe =
+        |c: &Cluster| c.curl(&format!("{proxy}/v1beta1/upload-async"), &["-I", "-H", &bearer(&token)]).0;
+    assert_eq!(probe(&c), 503, "the old bundle does not know the pod's CA");
+
+    // What the kubelet does to the mounted ConfigMap after the controller renewed its CA.
+    std::fs::copy(&renewed_bundle, &bundle).expect("replacing the bundle");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while probe(&c) != 200 {
+        assert!(Instant::now() < deadline, "the proxy never took the renewed bundle");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (qcow2, reference) = qcow2_and_reference(c.dir.path());
+    let data = format!("@{}", qcow2.display());
+    let (status, body) =
+        c.curl(&format!("{proxy}/v1beta1/upload"), &["-H", &bearer(&token), "--data-binary", &data]);
+
+    assert_eq!(status, 200, "{body}");
+    assert!(server.0.wait().expect("waiting for upload-server").success());
+    assert_eq!(sha256_file(&c.volume("disk")), reference);
 }

@@ -4,7 +4,7 @@
 //! `/data`, a loop device for a Block PVC, and `qemu-img convert -O raw` as the oracle. Every
 //! test reads the JSON termination message the kube driver reads.
 //!
-//! Needs nginx, openssl, qemu-img, docker-registry, python3, tar, losetup (root; the loop
+//! Needs nginx, openssl (nginx.sh's certificates), qemu-img, docker-registry, python3, tar, losetup (root; the loop
 //! device test is skipped with the reason printed otherwise).
 
 #[allow(dead_code)]
@@ -32,9 +32,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{free_port, run_ok, sha256_file, sha256_prefix};
+use controller::kube::certs::CertificateAuthority;
 
 const MIB: u64 = 1 << 20;
 /// Virtual size of the test disk.
@@ -574,30 +575,38 @@ fn metrics_show_progress_in_the_middle_of_an_import() {
 // ---------------------------------------------------------------------------------------------
 // Clone between two worker processes.
 
-/// A test CA, a leaf for 127.0.0.1 (`tls.crt`, `tls.key`, `ca.crt`), and a token.
+/// The name the controller puts in a clone source's certificate (`names::clone_source_server_name`):
+/// the target dials the source's address and checks this name.
+const SOURCE_NAME: &str = "uid-1-source-pod.vms.pod";
+
+/// What the controller puts in a clone's Secret, made with its CA module: the source's
+/// certificate for [`SOURCE_NAME`] (`tls.crt`, `tls.key`), the CA bundle (`ca.crt`) and a
+/// token.
 fn pki(dir: &Path) {
-    tls::make_pki(dir);
+    let now =
+        i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()).expect("time");
+    let ca = CertificateAuthority::generate(now, None).expect("a CA");
+    let leaf = ca.issue(&[SOURCE_NAME.to_owned()], now).expect("a serving certificate");
+    for (file, text) in [("tls.crt", &leaf.cert_pem), ("tls.key", &leaf.key_pem), ("ca.crt", &leaf.ca_pem)] {
+        std::fs::write(dir.join(file), text).expect("writing the clone's Secret files");
+    }
     std::fs::write(dir.join("token"), "worker-clone-token\n").expect("token");
 }
 
-#[test]
-fn clone_source_and_target_over_tls_give_an_identical_sparse_disk() {
-    let certs = tempfile::tempdir().expect("pki dir");
-    pki(certs.path());
-    let source = Pod::new();
-    run_ok(Command::new("cp").arg("--sparse=always").arg(images().join("raw.img")).arg(source.disk()));
-
+/// `clone-source` serving `source`'s disk once with the certificate in `certs`; returns the
+/// process and its address.
+fn clone_source(source: &Pod, certs: &Path) -> (std::process::Child, String) {
     let mut serving = source
         .worker("clone-source")
         .arg("--volume")
         .arg(source.disk())
         .args(["--listen", "127.0.0.1:0", "--timeout-secs", "60"])
         .arg("--tls-cert")
-        .arg(certs.path().join("tls.crt"))
+        .arg(certs.join("tls.crt"))
         .arg("--tls-key")
-        .arg(certs.path().join("tls.key"))
+        .arg(certs.join("tls.key"))
         .arg("--token-file")
-        .arg(certs.path().join("token"))
+        .arg(certs.join("token"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -606,19 +615,36 @@ fn clone_source_and_target_over_tls_give_an_identical_sparse_disk() {
     BufReader::new(serving.stdout.take().expect("stdout")).read_line(&mut line).expect("reading stdout");
     let addr =
         line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected line {line:?}"));
+    let addr = addr.to_owned();
+    (serving, addr)
+}
 
-    let target = Pod::new();
-    let out = target
+/// `clone-target` receiving from `addr` into `target`, checking [`SOURCE_NAME`] against `ca`.
+fn clone_target(target: &Pod, addr: &str, ca: &Path, token: &Path) -> Output {
+    target
         .worker("clone-target")
         .arg("--volume")
         .arg(target.disk())
         .args(["--source-url", &format!("https://{addr}"), "--timeout-secs", "60"])
+        .args(["--tls-server-name", SOURCE_NAME])
         .arg("--ca-cert")
-        .arg(certs.path().join("ca.crt"))
+        .arg(ca)
         .arg("--token-file")
-        .arg(certs.path().join("token"))
+        .arg(token)
         .output()
-        .expect("running clone-target");
+        .expect("running clone-target")
+}
+
+#[test]
+fn clone_source_and_target_over_tls_with_controller_issued_certificates_give_an_identical_sparse_disk() {
+    let certs = tempfile::tempdir().expect("pki dir");
+    pki(certs.path());
+    let source = Pod::new();
+    run_ok(Command::new("cp").arg("--sparse=always").arg(images().join("raw.img")).arg(source.disk()));
+    let (serving, addr) = clone_source(&source, certs.path());
+
+    let target = Pod::new();
+    let out = clone_target(&target, &addr, &certs.path().join("ca.crt"), &certs.path().join("token"));
     let target_result = assert_succeeded(&target, &out);
     let served = serving.wait_with_output().expect("waiting for clone-source");
     let source_result = assert_succeeded(&source, &served);
@@ -635,6 +661,43 @@ fn clone_source_and_target_over_tls_give_an_identical_sparse_disk() {
     );
     assert_eq!(target_result["virtualSize"], DISK_SIZE);
     assert_eq!(target_result["allocatedBytes"], meta.blocks() * 512, "{target_result}");
+}
+
+#[test]
+fn clone_targets_refuse_a_source_certificate_of_another_ca_or_name_and_write_nothing() {
+    let certs = tempfile::tempdir().expect("pki dir");
+    pki(certs.path());
+    let other = tempfile::tempdir().expect("another CA");
+    pki(other.path());
+    let source = Pod::new();
+    run_ok(Command::new("cp").arg("--sparse=always").arg(images().join("raw.img")).arg(source.disk()));
+    let token = certs.path().join("token");
+    // Another CA's bundle; then ours but a server name the certificate does not carry.
+    for (ca, name, expect) in [
+        (other.path().join("ca.crt"), SOURCE_NAME, "UnknownIssuer"),
+        (certs.path().join("ca.crt"), "uid-2-source-pod.vms.pod", "not valid for name"),
+    ] {
+        let (mut serving, addr) = clone_source(&source, certs.path());
+        let target = Pod::new();
+
+        let out = target
+            .worker("clone-target")
+            .arg("--volume")
+            .arg(target.disk())
+            .args(["--source-url", &format!("https://{addr}"), "--tls-server-name", name])
+            .arg("--ca-cert")
+            .arg(&ca)
+            .arg("--token-file")
+            .arg(&token)
+            .output()
+            .expect("running clone-target");
+
+        let result = assert_failed(&target, &out, out.status.code().unwrap_or(-1));
+        assert_ne!(out.status.code(), Some(0));
+        assert!(result["message"].as_str().is_some_and(|m| m.contains(expect)), "{expect}: {result}");
+        let _ = serving.kill();
+        let _ = serving.wait();
+    }
 }
 
 #[test]

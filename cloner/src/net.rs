@@ -11,8 +11,9 @@
 //! ```
 //!
 //! ## Security
-//! - TLS authenticates the source (the target trusts only `--ca-cert`); the token
-//!   authenticates the target, compared in constant time. Plain TCP only when asked.
+//! - TLS authenticates the source (the target trusts only `--ca-cert`, and checks the host it
+//!   dials or [`ReceiveOptions::server_name`]); the token authenticates the target, compared
+//!   in constant time. Plain TCP only when asked.
 //! - Everything the peer says is bounded: token ≤ 4 KiB, frames ≤ 4 MiB, messages ≤ 1 KiB,
 //!   frames must cover the volume in order; idle connections time out.
 //! - The source serves one connection and exits: a wrong token ends it (retry with a new
@@ -146,6 +147,9 @@ pub struct ServeOptions {
 pub struct ReceiveOptions {
     /// PEM CA bundle the source's certificate must chain to (required for `tls://`).
     pub ca_cert: Option<PathBuf>,
+    /// The name the source's certificate must carry, when it is not the endpoint's host: a
+    /// source dialled by an address its certificate could not know in advance (a Pod IP).
+    pub server_name: Option<String>,
     /// The token to send.
     pub token: Token,
     /// Size of a file target (≥ the source's); `None` = the source's.
@@ -343,7 +347,8 @@ pub fn receive(endpoint: &Endpoint, dst: &Path, opts: &ReceiveOptions) -> Result
     let peer = endpoint.to_string();
     let received = match config {
         Some(config) => {
-            let name = ServerName::try_from(endpoint.host.clone())
+            let host = opts.server_name.clone().unwrap_or_else(|| endpoint.host.clone());
+            let name = ServerName::try_from(host)
                 .map_err(|e| Error::config(format!("{endpoint}: invalid server name"), e))?;
             let conn = rustls::ClientConnection::new(config, name)
                 .map_err(|e| Error::network("starting TLS", io::Error::other(e)))?;

@@ -309,6 +309,7 @@ const DEPLOY_KINDS: &[(&str, &str, bool)] = &[
     ("apps/v1", "Deployment", true),
     ("rbac.authorization.k8s.io/v1", "ClusterRole", false),
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", false),
+    ("rbac.authorization.k8s.io/v1", "Role", true),
     ("rbac.authorization.k8s.io/v1", "RoleBinding", true),
     ("apiregistration.k8s.io/v1", "APIService", false),
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition", false),
@@ -424,7 +425,7 @@ fn deploy_references_resolve() {
             .map(|(_, d)| str_at(d, "/metadata/name").to_owned())
             .collect()
     };
-    let (accounts, roles) = (named("ServiceAccount"), named("ClusterRole"));
+    let (accounts, roles, namespaced_roles) = (named("ServiceAccount"), named("ClusterRole"), named("Role"));
     let mut problems = Vec::new();
     for (file, doc) in &docs {
         let name = str_at(doc, "/metadata/name");
@@ -474,23 +475,6 @@ fn deploy_references_resolve() {
                     }
                 }
             }
-            "RoleBinding" => {
-                let reader = doc["roleRef"]["kind"] == "Role"
-                    && doc["roleRef"]["name"] == "extension-apiserver-authentication-reader";
-                if !reader {
-                    problems.push(format!("{file}: {name}: binds more than the authentication reader"));
-                }
-                for subject in doc["subjects"].as_array().into_iter().flatten() {
-                    if subject["kind"] != "ServiceAccount"
-                        || subject["namespace"] != NAMESPACE
-                        || !accounts.contains(str_at(subject, "/name"))
-                    {
-                        problems.push(format!(
-                            "{file}: {name}: subject {subject} is not a ServiceAccount in deploy/"
-                        ));
-                    }
-                }
-            }
             "APIService" => {
                 let expected_name =
                     format!("{}.{}", str_at(doc, "/spec/version"), str_at(doc, "/spec/group"));
@@ -514,9 +498,16 @@ fn deploy_references_resolve() {
                     ));
                 }
             }
-            "ClusterRoleBinding" => {
-                if doc["roleRef"]["kind"] != "ClusterRole" || !roles.contains(str_at(doc, "/roleRef/name")) {
-                    problems.push(format!("{file}: {name}: roleRef is not a ClusterRole in deploy/"));
+            "ClusterRoleBinding" | "RoleBinding" => {
+                let (role_kind, known) = match doc["kind"].as_str() {
+                    Some("RoleBinding") => ("Role", &namespaced_roles),
+                    _ => ("ClusterRole", &roles),
+                };
+                // The one built-in Role bound: the front proxy's ConfigMap reader (apiserver).
+                let role = str_at(doc, "/roleRef/name");
+                let built_in = role_kind == "Role" && role == "extension-apiserver-authentication-reader";
+                if doc["roleRef"]["kind"] != role_kind || !(known.contains(role) || built_in) {
+                    problems.push(format!("{file}: {name}: roleRef is not a {role_kind} in deploy/"));
                 }
                 for subject in doc["subjects"].as_array().into_iter().flatten() {
                     let ok = subject["kind"] == "ServiceAccount"
@@ -621,6 +612,67 @@ fn deploy_cluster_roles_grant_exactly_what_the_rbac_list_says() {
     assert_eq!(secret_verbs, BTreeSet::from(["create", "delete", "get"]));
 }
 
+/// `(apiGroup, resource, resourceName or "", verb)` of every rule of the Role `name`.
+fn role_quads(docs: &[(String, Value)], name: &str) -> BTreeSet<[String; 4]> {
+    let role = docs
+        .iter()
+        .find(|(_, d)| d["kind"] == "Role" && d["metadata"]["name"] == name)
+        .map(|(_, d)| d)
+        .unwrap_or_else(|| panic!("no Role {name} in deploy/"));
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
+    };
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        let mut names = strings(&rule["resourceNames"]);
+        if names.is_empty() {
+            names.push(String::new());
+        }
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for object in &names {
+                    for verb in strings(&rule["verbs"]) {
+                        out.insert([group.clone(), resource.clone(), object.clone(), verb]);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn deploy_controller_role_in_its_namespace_grants_exactly_its_ca_objects() {
+    let docs = deploy_documents();
+    let deployed = role_quads(&docs, "diskplane-controller");
+    let mut expected = BTreeSet::new();
+    for rule in rbac::CONTROLLER_IN_OWN_NAMESPACE {
+        let names: Vec<&str> =
+            if rule.resource_names.is_empty() { vec![""] } else { rule.resource_names.to_vec() };
+        for resource in rule.resources {
+            for object in &names {
+                for verb in rule.verbs {
+                    expected.insert([rule.api_group, resource, object, verb].map(str::to_owned));
+                }
+            }
+        }
+    }
+    assert_eq!(deployed, expected);
+    // Only `create` is unnamed (it cannot be limited by name); nothing is listed or watched.
+    for [_, resource, object, verb] in &deployed {
+        assert!(!object.is_empty() || verb == "create", "{resource} {verb} on every object");
+        assert!(!["list", "watch", "*"].contains(&verb.as_str()), "{resource} {verb}");
+    }
+    let binding = docs
+        .iter()
+        .find(|(_, d)| d["kind"] == "RoleBinding" && d["metadata"]["name"] == "diskplane-controller")
+        .expect("the controller's RoleBinding");
+    assert_eq!(
+        binding.1["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "diskplane-controller", "namespace": "diskplane"}])
+    );
+}
+
 #[test]
 fn kustomization_lists_every_manifest_and_the_dockerfile_builds_the_single_image() {
     let root = deploy_dir();
@@ -692,8 +744,7 @@ fn lost_fields(original: &Value, back: &Value, at: String, lost: &mut Vec<String
 fn deploy_round_trip(doc: &Value) -> Result<Vec<String>, String> {
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
-    use k8s_openapi::api::rbac::v1::RoleBinding;
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
     match doc["kind"].as_str().unwrap_or_default() {
@@ -703,6 +754,7 @@ fn deploy_round_trip(doc: &Value) -> Result<Vec<String>, String> {
         "Deployment" => typed_round_trip::<Deployment>(doc),
         "ClusterRole" => typed_round_trip::<ClusterRole>(doc),
         "ClusterRoleBinding" => typed_round_trip::<ClusterRoleBinding>(doc),
+        "Role" => typed_round_trip::<Role>(doc),
         "RoleBinding" => typed_round_trip::<RoleBinding>(doc),
         "APIService" => typed_round_trip::<APIService>(doc),
         "CustomResourceDefinition" => typed_round_trip::<CustomResourceDefinition>(doc),

@@ -10,9 +10,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{BodyCheck, Expect, Seen, expect, fill, serve};
+use common::{BodyCheck, Expect, Seen, expect, fill, keys_at, serve};
 use controller::api::Timestamp;
 use controller::kube::build::ClusterConfig;
+use controller::kube::ca::SharedCa;
+use controller::kube::certs::CertificateAuthority;
 use controller::kube::reconcile::{Caches, Context, ProgressReader, reconcile};
 use controller::kube::resource::{
     DataSourceObject, DataVolumeObject, StorageProfileObject, data_sources, data_volumes, storage_profiles,
@@ -90,6 +92,7 @@ async fn run(world: World, dv: Value, expected: Vec<Expect>) -> (Action, Seen) {
         progress: Arc::new(FixedProgress(world.progress)),
         now: || Timestamp(NOW),
         token_key: || Ok("00112233445566778899aabbccddeeff".to_owned()),
+        ca: Arc::new(SharedCa::new(CertificateAuthority::generate(NOW, None).expect("a CA"))),
     });
     let object: DataVolumeObject = serde_json::from_value(dv).expect("fixture DataVolume");
     let action = reconcile(Arc::new(object), ctx).await.expect("reconcile");
@@ -487,11 +490,22 @@ async fn an_upload_data_volume_gets_its_secret_service_and_upload_pod() {
             expect(
                 Method::POST,
                 "/api/v1/namespaces/vms/secrets",
-                BodyCheck::Fields(vec![
-                    ("/metadata/name", json!("cdi-upload-fedora")),
-                    ("/stringData/token-key", json!("00112233445566778899aabbccddeeff")),
-                    ("/metadata/ownerReferences/0/uid", json!("uid-1")),
-                ]),
+                BodyCheck::FieldsAndCheck(
+                    vec![
+                        ("/metadata/name", json!("cdi-upload-fedora")),
+                        ("/stringData/token-key", json!("00112233445566778899aabbccddeeff")),
+                        ("/metadata/ownerReferences/0/uid", json!("uid-1")),
+                    ],
+                    |secret| {
+                        assert_eq!(
+                            keys_at(secret, "/stringData"),
+                            ["ca.crt", "tls.crt", "tls.key", "token-key"]
+                        );
+                        for name in ["cdi-upload-fedora.vms.svc", "cdi-upload-fedora.vms.svc.cluster.local"] {
+                            assert_serves(secret, name);
+                        }
+                    },
+                ),
             )
             .created(),
             expect(
@@ -513,6 +527,8 @@ async fn an_upload_data_volume_gets_its_secret_service_and_upload_pod() {
                     ("/spec/containers/0/args/1", json!("upload-server")),
                     ("/spec/containers/0/securityContext/runAsUser", json!(107)),
                     ("/spec/volumes/2/secret/secretName", json!("cdi-upload-fedora")),
+                    ("/spec/containers/0/args/17", json!("--tls-cert")),
+                    ("/spec/containers/0/args/18", json!("/etc/diskplane/upload/tls.crt")),
                 ]),
             )
             .created(),
@@ -522,6 +538,27 @@ async fn an_upload_data_volume_gets_its_secret_service_and_upload_pod() {
     assert_eq!(seen.events, [("Normal".into(), "UploadScheduled".into(), None)]);
 }
 
+/// The certificate `stringData/tls.crt` of a Secret body verifies for `name` at `NOW` against
+/// the CA bundle beside it (`ca.crt`), as the proxy or the clone target checks it.
+fn assert_serves(secret: &Value, name: &str) {
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    let pem = |key: &str| secret["stringData"][key].as_str().unwrap_or_else(|| panic!("no {key}")).as_bytes();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem("ca.crt")) {
+        roots.add(cert.expect("CA PEM")).expect("a root");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build().expect("verifier");
+    let leaf = CertificateDer::from_pem_slice(pem("tls.crt")).expect("leaf PEM");
+    let at = UnixTime::since_unix_epoch(Duration::from_secs(NOW as u64));
+    let server = ServerName::try_from(name.to_owned()).expect("name");
+    verifier.verify_server_cert(&leaf, &[], &server, &[], at).unwrap_or_else(|e| panic!("{name}: {e}"));
+}
+
 const TOKEN: &str = "00112233445566778899aabbccddeeff";
 
 fn not_found(what: &str) -> Value {
@@ -529,7 +566,8 @@ fn not_found(what: &str) -> Value {
            "message": format!("{what} not found"), "reason": "NotFound"})
 }
 
-/// The exact Secret of a copy clone in `namespace`; `owned` when it is the DataVolume's.
+/// The Secret of a copy clone in `namespace`; `owned` when it is the DataVolume's. Its
+/// `stringData` holds the token only: the TLS material is random (see [`source_secret`]).
 fn clone_secret(namespace: &str, owned: bool) -> Value {
     let mut secret = json!({
         "apiVersion": "v1", "kind": "Secret",
@@ -552,8 +590,32 @@ fn clone_secret(namespace: &str, owned: bool) -> Value {
 
 const CLONE_SECRET_VOLUME: &str = "/spec/volumes/2";
 
-fn clone_secret_volume() -> Value {
-    json!({"name": "clone-token", "secret": {"secretName": "uid-1-clone-token", "defaultMode": 0o400}})
+/// The clone Secret's volume of a source Pod (token and its certificate) or a target Pod (token
+/// and the CA): each sees only its keys.
+fn clone_secret_volume(source: bool) -> Value {
+    let keys: &[&str] = if source { &["token", "tls.crt", "tls.key"] } else { &["token", "ca.crt"] };
+    let items: Vec<Value> = keys.iter().map(|k| json!({"key": k, "path": k})).collect();
+    json!({"name": "clone-token",
+           "secret": {"secretName": "uid-1-clone-token", "defaultMode": 0o400, "items": items}})
+}
+
+/// The source namespace's clone Secret: metadata as [`clone_secret`], the token, and a serving
+/// certificate for the source Pod's name from the CA it carries.
+fn source_secret(namespace: &'static str, owned: bool, check: fn(&Value)) -> BodyCheck {
+    let expected = clone_secret(namespace, owned);
+    BodyCheck::FieldsAndCheck(
+        vec![
+            ("/metadata", expected["metadata"].clone()),
+            ("/type", json!("Opaque")),
+            ("/stringData/token", json!(TOKEN)),
+        ],
+        check,
+    )
+}
+
+fn source_material(secret: &Value, name: &str) {
+    assert_eq!(keys_at(secret, "/stringData"), ["ca.crt", "tls.crt", "tls.key", "token"]);
+    assert_serves(secret, name);
 }
 
 fn clone_spec(source_namespace: &str) -> Value {
@@ -655,7 +717,7 @@ async fn a_clone_between_storage_classes_falls_back_to_copy_with_the_reason() {
 }
 
 #[tokio::test]
-async fn a_copy_clone_starts_the_source_pod_then_the_target_pod_at_the_source_address() {
+async fn a_copy_clone_starts_the_source_pod_then_the_target_pod_at_the_source_address_over_tls() {
     let copy_pvc = json!({"metadata": {"annotations": {"cdi.kubevirt.io/cloneType": "copy"}}});
     let scheduled = json!({"phase": "Pending", "claimName": "fedora", "progress": "N/A", "restartCount": 0});
     // First pass: the source Pod.
@@ -682,7 +744,7 @@ async fn a_copy_clone_starts_the_source_pod_then_the_target_pod_at_the_source_ad
             expect(
                 Method::POST,
                 "/api/v1/namespaces/vms/secrets",
-                BodyCheck::Exact(clone_secret("vms", true)),
+                source_secret("vms", true, |s| source_material(s, "uid-1-source-pod.vms.pod")),
             )
             .created(),
             expect(
@@ -699,12 +761,15 @@ async fn a_copy_clone_starts_the_source_pod_then_the_target_pod_at_the_source_ad
                             "/dev/cdi-block-volume",
                             "--listen",
                             "0.0.0.0:8444",
+                            "--tls-cert",
+                            "/etc/diskplane/clone/tls.crt",
+                            "--tls-key",
+                            "/etc/diskplane/clone/tls.key",
                             "--token-file",
                             "/etc/diskplane/clone/token",
-                            "--insecure"
                         ]),
                     ),
-                    (CLONE_SECRET_VOLUME, clone_secret_volume()),
+                    (CLONE_SECRET_VOLUME, clone_secret_volume(true)),
                     (
                         "/spec/volumes/0/persistentVolumeClaim",
                         json!({"claimName": "golden", "readOnly": true}),
@@ -750,13 +815,16 @@ async fn a_copy_clone_starts_the_source_pod_then_the_target_pod_at_the_source_ad
                             "--size",
                             "10737418240",
                             "--source-url",
-                            "tcp://10.9.8.7:8444",
+                            "https://10.9.8.7:8444",
+                            "--ca-cert",
+                            "/etc/diskplane/clone/ca.crt",
+                            "--tls-server-name",
+                            "uid-1-source-pod.vms.pod",
                             "--token-file",
                             "/etc/diskplane/clone/token",
-                            "--insecure"
                         ]),
                     ),
-                    (CLONE_SECRET_VOLUME, clone_secret_volume()),
+                    (CLONE_SECRET_VOLUME, clone_secret_volume(false)),
                     ("/metadata/ownerReferences/0/uid", json!("uid-1")),
                 ]),
             )
@@ -844,11 +912,21 @@ async fn an_allowed_cross_namespace_clone_falls_back_to_copy_and_adds_the_finali
             expect(
                 Method::POST,
                 "/api/v1/namespaces/golden-images/secrets",
-                BodyCheck::Exact(clone_secret("golden-images", false)),
+                source_secret("golden-images", false, |s| {
+                    source_material(s, "uid-1-source-pod.golden-images.pod")
+                }),
             )
             .created(),
-            expect(Method::POST, "/api/v1/namespaces/vms/secrets", BodyCheck::Exact(clone_secret("vms", true)))
-                .created(),
+            // The target's twin: the token and the CA, never the source's key.
+            expect(
+                Method::POST,
+                "/api/v1/namespaces/vms/secrets",
+                BodyCheck::FieldsAndCheck(
+                    vec![("/metadata", clone_secret("vms", true)["metadata"].clone()), ("/stringData/token", json!(TOKEN))],
+                    |s| assert_eq!(keys_at(s, "/stringData"), ["ca.crt", "token"]),
+                ),
+            )
+            .created(),
             expect(
                 Method::POST,
                 "/api/v1/namespaces/golden-images/pods",
@@ -879,9 +957,11 @@ async fn a_retried_cross_namespace_clone_keeps_the_token_of_the_existing_source_
     dv["metadata"]["finalizers"] = json!(["cdi.kubevirt.io/dataVolumeFinalizer"]);
     let mut existing = clone_secret("golden-images", false);
     existing.as_object_mut().unwrap().remove("stringData");
-    existing["data"] = json!({"token": "ZWFybGllci10b2tlbg=="}); // "earlier-token"
+    // "earlier-token", "earlier CA", "earlier cert", "earlier key"
+    existing["data"] = json!({"token": "ZWFybGllci10b2tlbg==", "ca.crt": "ZWFybGllciBDQQ==",
+                              "tls.crt": "ZWFybGllciBjZXJ0", "tls.key": "ZWFybGllciBrZXk="});
     let mut target = clone_secret("vms", true);
-    target["stringData"]["token"] = json!("earlier-token");
+    target["stringData"] = json!({"token": "earlier-token", "ca.crt": "earlier CA"});
     run(
         world,
         dv,
@@ -908,8 +988,61 @@ async fn a_retried_cross_namespace_clone_keeps_the_token_of_the_existing_source_
                 "/api/v1/namespaces/golden-images/pods",
                 BodyCheck::Fields(vec![
                     ("/metadata/name", json!("uid-1-source-pod")),
-                    (CLONE_SECRET_VOLUME, clone_secret_volume()),
+                    (CLONE_SECRET_VOLUME, clone_secret_volume(true)),
                 ]),
+            )
+            .created(),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_source_secret_without_tls_material_is_replaced_before_the_source_pod_starts() {
+    // Made by a diskplane that cloned over plain TCP: a token only.
+    let mut world = default_world();
+    world.pvcs.push(bound_pvc("golden", "vms", json!({"spec": {"storageClassName": "nfs"}})));
+    world.pvcs.push(bound_pvc(
+        "fedora",
+        "vms",
+        json!({"metadata": {"annotations": {"cdi.kubevirt.io/cloneType": "copy"}}}),
+    ));
+    let scheduled = json!({"phase": "Pending", "claimName": "fedora", "progress": "N/A", "restartCount": 0});
+    let mut old = clone_secret("vms", true);
+    old.as_object_mut().unwrap().remove("stringData");
+    old["data"] = json!({"token": "ZWFybGllci10b2tlbg=="});
+    run(
+        world,
+        data_volume(clone_spec("vms"), Some(scheduled)),
+        vec![
+            expect(
+                Method::PATCH,
+                DV_STATUS,
+                BodyCheck::Fields(vec![("/status/phase", json!("CloneScheduled"))]),
+            )
+            .reply(200, patched(clone_spec("vms"))),
+            expect(
+                Method::GET,
+                "/api/v1/namespaces/vms/secrets/uid-1-clone-token",
+                BodyCheck::Fields(vec![]),
+            )
+            .reply(200, old.clone()),
+            expect(
+                Method::DELETE,
+                "/api/v1/namespaces/vms/secrets/uid-1-clone-token",
+                BodyCheck::Fields(vec![]),
+            )
+            .reply(200, old),
+            expect(
+                Method::POST,
+                "/api/v1/namespaces/vms/secrets",
+                source_secret("vms", true, |s| source_material(s, "uid-1-source-pod.vms.pod")),
+            )
+            .created(),
+            expect(
+                Method::POST,
+                PODS,
+                BodyCheck::Fields(vec![("/metadata/name", json!("uid-1-source-pod"))]),
             )
             .created(),
         ],
@@ -985,4 +1118,179 @@ async fn a_pvc_waiting_for_its_first_consumer_gets_no_worker() {
     .await;
     assert_eq!(action, Action::await_change());
     assert_eq!(seen.events, [("Normal".into(), "WaitForFirstConsumer".into(), None)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The controller's CA (start-up and renewal, `kube::ca::ensure_ca`).
+
+const CA_NS: &str = "diskplane";
+const CA_SECRET: &str = "/api/v1/namespaces/diskplane/secrets/diskplane-upload-ca";
+const CA_BUNDLE: &str = "/api/v1/namespaces/diskplane/configmaps/diskplane-upload-ca-bundle";
+const DAY: i64 = 86_400;
+
+async fn ensure(expected: Vec<Expect>) -> Result<CertificateAuthority, controller::kube::Error> {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(serve(handle, expected));
+    let client = Client::new(service, "default");
+    let result = controller::kube::ca::ensure_ca(&client, CA_NS, Timestamp(NOW)).await;
+    drop(client);
+    let seen = server.await.expect("mock API server");
+    assert!(seen.unexpected.is_empty(), "unexpected requests: {:#?}", seen.unexpected);
+    assert!(seen.missing.is_empty(), "requests not made: {:#?}", seen.missing);
+    result
+}
+
+/// `ca`'s Secret as the API server returns it (`data`, base64), at resourceVersion 3.
+fn stored_ca_secret(ca: &CertificateAuthority) -> Value {
+    let mut secret = controller::kube::ca::ca_secret(CA_NS, ca);
+    let text = secret.string_data.take().expect("stringData");
+    secret.data = Some(text.into_iter().map(|(k, v)| (k, k8s_openapi::ByteString(v.into_bytes()))).collect());
+    secret.metadata.resource_version = Some("3".into());
+    serde_json::to_value(secret).expect("JSON")
+}
+
+fn certificates_in(pem: &Value) -> usize {
+    pem.as_str().expect("PEM text").matches("-----BEGIN CERTIFICATE-----").count()
+}
+
+fn ca_annotations(not_before: i64) -> Value {
+    json!({"diskplane.io/certificate-not-before": Timestamp(not_before).to_rfc3339(),
+           "diskplane.io/certificate-not-after": Timestamp(not_before + 365 * DAY).to_rfc3339()})
+}
+
+#[tokio::test]
+async fn a_missing_ca_is_created_and_its_bundle_published() {
+    let ca = ensure(vec![
+        expect(Method::GET, CA_SECRET, BodyCheck::Fields(vec![]))
+            .reply(404, not_found("secrets \"diskplane-upload-ca\"")),
+        expect(
+            Method::POST,
+            "/api/v1/namespaces/diskplane/secrets",
+            BodyCheck::FieldsAndCheck(
+                vec![
+                    ("/metadata/name", json!("diskplane-upload-ca")),
+                    ("/metadata/namespace", json!("diskplane")),
+                    ("/metadata/annotations", ca_annotations(NOW)),
+                    ("/type", json!("kubernetes.io/tls")),
+                ],
+                |secret| {
+                    assert_eq!(keys_at(secret, "/stringData"), ["ca-bundle.crt", "tls.crt", "tls.key"]);
+                    assert_eq!(certificates_in(&secret["stringData"]["ca-bundle.crt"]), 1);
+                },
+            ),
+        )
+        .created(),
+        expect(Method::GET, CA_BUNDLE, BodyCheck::Fields(vec![]))
+            .reply(404, not_found("configmaps \"diskplane-upload-ca-bundle\"")),
+        expect(
+            Method::POST,
+            "/api/v1/namespaces/diskplane/configmaps",
+            BodyCheck::FieldsAndCheck(vec![("/metadata/name", json!("diskplane-upload-ca-bundle"))], |map| {
+                assert_eq!(keys_at(map, "/data"), ["ca-bundle.crt"]);
+                assert_eq!(certificates_in(&map["data"]["ca-bundle.crt"]), 1);
+            }),
+        )
+        .created(),
+    ])
+    .await
+    .expect("a new CA");
+
+    assert_eq!((ca.not_before(), ca.not_after()), (NOW, NOW + 365 * DAY));
+}
+
+#[tokio::test]
+async fn a_valid_stored_ca_is_loaded_and_its_published_bundle_left_alone() {
+    let stored = CertificateAuthority::generate(NOW - 10 * DAY, None).unwrap();
+    let bundle = serde_json::to_value(controller::kube::ca::ca_bundle(CA_NS, &stored)).unwrap();
+
+    let ca = ensure(vec![
+        expect(Method::GET, CA_SECRET, BodyCheck::Fields(vec![])).reply(200, stored_ca_secret(&stored)),
+        expect(Method::GET, CA_BUNDLE, BodyCheck::Fields(vec![])).reply(200, bundle),
+    ])
+    .await
+    .expect("the stored CA");
+
+    assert_eq!(ca.cert_pem(), stored.cert_pem());
+    assert_eq!(ca.key_pem(), stored.key_pem());
+}
+
+#[tokio::test]
+async fn a_ca_due_for_renewal_is_replaced_with_both_cas_in_the_bundle() {
+    // 30 days left: inside the 60-day renewal window.
+    let old = CertificateAuthority::generate(NOW - 335 * DAY, None).unwrap();
+    let old_bundle = serde_json::to_value(controller::kube::ca::ca_bundle(CA_NS, &old)).unwrap();
+
+    let ca = ensure(vec![
+        expect(Method::GET, CA_SECRET, BodyCheck::Fields(vec![])).reply(200, stored_ca_secret(&old)),
+        // A compare-and-swap replacement: the resourceVersion read.
+        expect(
+            Method::PUT,
+            CA_SECRET,
+            BodyCheck::FieldsAndCheck(
+                vec![
+                    ("/metadata/resourceVersion", json!("3")),
+                    ("/metadata/annotations", ca_annotations(NOW)),
+                ],
+                |secret| assert_eq!(certificates_in(&secret["stringData"]["ca-bundle.crt"]), 2),
+            ),
+        ),
+        expect(Method::GET, CA_BUNDLE, BodyCheck::Fields(vec![])).reply(200, old_bundle),
+        expect(
+            Method::PUT,
+            CA_BUNDLE,
+            BodyCheck::FieldsAndCheck(vec![], |map| {
+                assert_eq!(certificates_in(&map["data"]["ca-bundle.crt"]), 2)
+            }),
+        ),
+    ])
+    .await
+    .expect("a renewed CA");
+
+    assert_eq!(ca.not_before(), NOW);
+    assert!(ca.bundle_pem().starts_with(ca.cert_pem()) && ca.bundle_pem().ends_with(old.cert_pem()));
+}
+
+#[tokio::test]
+async fn a_stored_ca_without_its_validity_annotations_is_replaced() {
+    let broken = CertificateAuthority::generate(NOW, None).unwrap();
+    let mut secret = stored_ca_secret(&broken);
+    secret["metadata"].as_object_mut().unwrap().remove("annotations");
+
+    let ca = ensure(vec![
+        expect(Method::GET, CA_SECRET, BodyCheck::Fields(vec![])).reply(200, secret),
+        expect(
+            Method::PUT,
+            CA_SECRET,
+            BodyCheck::FieldsAndCheck(vec![("/metadata/annotations", ca_annotations(NOW))], |secret| {
+                // Nothing usable to carry over.
+                assert_eq!(certificates_in(&secret["stringData"]["ca-bundle.crt"]), 1);
+            }),
+        ),
+        expect(Method::GET, CA_BUNDLE, BodyCheck::Fields(vec![]))
+            .reply(404, not_found("configmaps \"diskplane-upload-ca-bundle\"")),
+        expect(Method::POST, "/api/v1/namespaces/diskplane/configmaps", BodyCheck::Fields(vec![])).created(),
+    ])
+    .await
+    .expect("a new CA");
+
+    assert_ne!(ca.cert_pem(), broken.cert_pem());
+}
+
+#[tokio::test]
+async fn a_lost_renewal_race_fails_naming_the_secret() {
+    let old = CertificateAuthority::generate(NOW - 335 * DAY, None).unwrap();
+
+    let err = ensure(vec![
+        expect(Method::GET, CA_SECRET, BodyCheck::Fields(vec![])).reply(200, stored_ca_secret(&old)),
+        expect(Method::PUT, CA_SECRET, BodyCheck::Fields(vec![])).reply(
+            409,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409,
+                   "message": "the object has been modified", "reason": "Conflict"}),
+        ),
+    ])
+    .await
+    .unwrap_err();
+
+    let text = err.to_string();
+    assert!(text.contains("renewing the CA in Secret diskplane/diskplane-upload-ca"), "{text}");
 }

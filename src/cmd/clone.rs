@@ -156,6 +156,7 @@ fn receive(args: &CloneArgs, dst: &Path) -> Result<()> {
     }
     let opts = ReceiveOptions {
         ca_cert: args.ca_cert.clone(),
+        server_name: None,
         token: token(args)?,
         target_size: args.size,
         idle_timeout: Duration::from_secs(args.timeout.max(1)),

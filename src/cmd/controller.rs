@@ -39,6 +39,10 @@ pub struct ControllerArgs {
     /// insecureRegistries).
     #[arg(long = "insecure-registry", env = controller::kube::run::INSECURE_REGISTRIES_ENV, value_delimiter = ',')]
     insecure_registries: Vec<String>,
+    /// The controller's own namespace, where it keeps its CA (Secret diskplane-upload-ca) and
+    /// publishes the CA bundle for the upload proxy (ConfigMap diskplane-upload-ca-bundle).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "diskplane")]
+    ca_namespace: String,
 }
 
 fn parse_overhead(text: &str) -> Result<Overhead, String> {
@@ -66,6 +70,7 @@ pub fn run(args: &ControllerArgs) -> Result<()> {
             .map(|h| h.trim().to_owned())
             .filter(|h| !h.is_empty())
             .collect(),
+        ca_namespace: args.ca_namespace.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

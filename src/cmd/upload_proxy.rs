@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -33,9 +34,14 @@ pub struct UploadProxyArgs {
     #[arg(long, default_value = DEFAULT_UPSTREAM)]
     upstream: String,
     /// PEM CA bundle the upload servers' certificates are verified against (required for an
-    /// https:// upstream).
+    /// https:// upstream): in a cluster `ca-bundle.crt` of the ConfigMap
+    /// diskplane-upload-ca-bundle, which the controller publishes.
     #[arg(long)]
     upstream_ca: Option<PathBuf>,
+    /// Seconds between checks whether the --upstream-ca file changed (the controller renewed
+    /// its CA); a changed bundle is used for new connections.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    upstream_ca_reload_secs: u64,
     /// Seconds the upload server may take to answer /healthz before the proxy answers 503.
     #[arg(long, default_value_t = uploader::proxy::DEFAULT_UPSTREAM_WAIT.as_secs())]
     upstream_wait_secs: u64,
@@ -64,7 +70,12 @@ pub fn run(args: &UploadProxyArgs) -> Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async {
         // The client must be built inside the runtime (its connector spawns tasks).
-        let app = uploader::proxy::router(Proxy::new(config)?);
+        let proxy = Arc::new(Proxy::new(config)?);
+        if let Some(path) = &args.upstream_ca {
+            let interval = Duration::from_secs(args.upstream_ca_reload_secs);
+            tokio::spawn(uploader::proxy::reload_upstream_ca(Arc::clone(&proxy), path.clone(), interval));
+        }
+        let app = uploader::proxy::router(proxy);
         uploader::server::serve(
             args.listen,
             Some(tls),

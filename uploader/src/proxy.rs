@@ -34,16 +34,20 @@
 //! ## Caveats
 //! - Bodies are streamed both ways with HTTP back-pressure: memory stays bounded by hyper's
 //!   buffers whatever the upload's size.
-//! - TLS to the upload server is verified against `--upstream-ca` only (no system roots); a
-//!   plain `http://` template is accepted only when written explicitly (tests, or upload Pods
-//!   without TLS material) and then tokens and bytes cross the Pod network in clear text.
+//! - TLS to the upload server is verified against `--upstream-ca` only (no system roots): in
+//!   a cluster the bundle of the controller's CA, which issues each upload Pod a certificate
+//!   for its Service. A plain `http://` template is accepted only when written explicitly
+//!   (tests) and then tokens and bytes cross the network in clear text.
+//! - The CA bundle is read again every minute ([`reload_upstream_ca`]): after a renewal the
+//!   ConfigMap volume changes within the kubelet's sync period, then the proxy trusts the new
+//!   bundle.
 //! - No client certificate is presented to the upload server (CDI uses mTLS): the upload Pod
 //!   verifies the forwarded token with its own per-volume key instead.
 //! - CORS: every origin is allowed (as CDI), preflights are answered here.
 //! - The readiness check is the upload server's `/healthz`, not the PVC's annotations: an upload
 //!   to a finished volume is refused by the upload server itself (its 409 passes through).
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -126,12 +130,12 @@ pub struct ProxyConfig {
     pub upstream_wait: Duration,
 }
 
-/// The proxy's state: key, upstream, HTTP client.
+/// The proxy's state: key, upstream, HTTP client (replaced when the upstream CA changes).
 #[derive(Debug)]
 pub struct Proxy {
     key: TokenKey,
     upstream: Upstream,
-    client: reqwest::Client,
+    client: RwLock<reqwest::Client>,
     wait: Duration,
 }
 
@@ -141,43 +145,101 @@ impl Proxy {
     /// # Errors
     /// [`Error::Config`] when the CA is missing, unusable, or given for a plain upstream.
     pub fn new(config: ProxyConfig) -> Result<Self, Error> {
-        let mut builder = reqwest::Client::builder()
-            .no_proxy()
-            .http1_only()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(UPSTREAM_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none());
-        match (config.upstream.is_tls(), &config.upstream_ca) {
-            (true, Some(pem)) => {
-                let certs = reqwest::Certificate::from_pem_bundle(pem)
-                    .map_err(|e| Error::Config(format!("parsing the upstream CA bundle: {e}")))?;
-                if certs.is_empty() {
-                    return Err(Error::Config("the upstream CA bundle holds no PEM certificate".to_owned()));
-                }
-                builder = builder.tls_certs_only(certs);
-            }
-            (true, None) => {
-                return Err(Error::Config(
-                    "an https:// upstream needs its CA (--upstream-ca): upload servers are verified against it"
-                        .to_owned(),
-                ));
-            }
-            (false, Some(_)) => {
-                return Err(Error::Config(
-                    "an upstream CA was given but the upstream template is plain http://".to_owned(),
-                ));
-            }
-            (false, None) => {}
+        let client = upstream_client(&config.upstream, config.upstream_ca.as_deref())?;
+        Ok(Self {
+            key: config.key,
+            upstream: config.upstream,
+            client: RwLock::new(client),
+            wait: config.upstream_wait,
+        })
+    }
+
+    /// Verifies upload servers against `pem` from now on (a renewed CA's bundle); requests
+    /// under way keep their connections.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the bundle is unusable or the upstream is plain `http://`; the
+    /// CA in use is kept.
+    pub fn set_upstream_ca(&self, pem: &[u8]) -> Result<(), Error> {
+        let client = upstream_client(&self.upstream, Some(pem))?;
+        match self.client.write() {
+            Ok(mut slot) => *slot = client,
+            Err(poisoned) => *poisoned.into_inner() = client,
         }
-        let client =
-            builder.build().map_err(|e| Error::Config(format!("building the upstream client: {e}")))?;
-        Ok(Self { key: config.key, upstream: config.upstream, client, wait: config.upstream_wait })
+        Ok(())
+    }
+
+    fn client(&self) -> reqwest::Client {
+        match self.client.read() {
+            Ok(client) => client.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 }
 
+/// Re-reads the upstream CA bundle at `path` every `interval` and hands a changed one to
+/// `proxy` (a ConfigMap volume changes when the controller renews its CA). A bundle that
+/// cannot be read or used is reported on stderr and the one in use kept.
+pub async fn reload_upstream_ca(proxy: Arc<Proxy>, path: std::path::PathBuf, interval: Duration) {
+    // The bundle last looked at (each change is reported once).
+    let mut seen = std::fs::read(&path).ok();
+    loop {
+        tokio::time::sleep(interval).await;
+        // A small file: read in place.
+        let pem = match std::fs::read(&path) {
+            Ok(pem) if seen.as_ref() == Some(&pem) => continue,
+            Ok(pem) => pem,
+            Err(e) => {
+                eprintln!("upload-proxy: keeping the CA bundle in use: reading {}: {e}", path.display());
+                continue;
+            }
+        };
+        match proxy.set_upstream_ca(&pem) {
+            Ok(()) => {
+                eprintln!("upload-proxy: verifying upload servers against the changed {}", path.display())
+            }
+            Err(e) => eprintln!("upload-proxy: keeping the CA bundle in use: {}: {e}", path.display()),
+        }
+        seen = Some(pem);
+    }
+}
+
+/// The HTTP client for `upstream`, verifying TLS upstreams against `ca` only.
+fn upstream_client(upstream: &Upstream, ca: Option<&[u8]>) -> Result<reqwest::Client, Error> {
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .http1_only()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(UPSTREAM_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none());
+    match (upstream.is_tls(), ca) {
+        (true, Some(pem)) => {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::Config(format!("parsing the upstream CA bundle: {e}")))?;
+            if certs.is_empty() {
+                return Err(Error::Config("the upstream CA bundle holds no PEM certificate".to_owned()));
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        (true, None) => {
+            return Err(Error::Config(
+                "an https:// upstream needs its CA (--upstream-ca): upload servers are verified against it"
+                    .to_owned(),
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(Error::Config(
+                "an upstream CA was given but the upstream template is plain http://".to_owned(),
+            ));
+        }
+        (false, None) => {}
+    }
+    builder.build().map_err(|e| Error::Config(format!("building the upstream client: {e}")))
+}
+
 /// CDI's proxy routes over `proxy` (every method reaches the handler) and `GET /healthz`.
-pub fn router(proxy: Proxy) -> Router {
-    let state = Arc::new(proxy);
+pub fn router(proxy: Arc<Proxy>) -> Router {
+    let state = proxy;
     let mut app = Router::new();
     for version in ["v1beta1", "v1alpha1"] {
         for route in ["upload", "upload-async", "upload-form", "upload-form-async"] {
@@ -304,7 +366,7 @@ async fn forward(State(proxy): State<Arc<Proxy>>, alpha: bool, request: Request)
     };
     let query = request.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
     let url = format!("{base}{path}{query}");
-    match send(&proxy.client, &url, request).await {
+    match send(&proxy.client(), &url, request).await {
         Ok(response) => response,
         Err(e) => Refusal::new(
             StatusCode::BAD_GATEWAY,
@@ -320,7 +382,7 @@ async fn wait_ready(proxy: &Proxy, base: &str) -> Result<(), String> {
     let url = format!("{base}/healthz");
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-        let last = match tokio::time::timeout(remaining, proxy.client.get(&url).send()).await {
+        let last = match tokio::time::timeout(remaining, proxy.client().get(&url).send()).await {
             Ok(Ok(response)) if response.status().is_success() => return Ok(()),
             Ok(Ok(response)) => format!("GET /healthz answered {}", response.status()),
             Ok(Err(e)) => chain(&e),

@@ -23,22 +23,38 @@
 //! `PREALLOCATION`, `IMPORTER_REGISTRY_IMAGE_ARCHITECTURE`,
 //! `METRICS_LISTEN` (`0.0.0.0:8080`); the volume as `--volume PATH`, `extraHeaders` as
 //! `--header 'Name: value'`; clone roles `--source-url`, `--listen` (port 8444),
-//! `--token-file` from the clone's Secret and `--insecure` (no TLS material yet). The result is the JSON
-//! termination message (see [`super::observe::parse_termination`]), progress
-//! `diskplane_progress_ratio` on `GET /metrics`.
+//! `--token-file` from the clone's Secret. The result is the JSON termination message (see
+//! [`super::observe::parse_termination`]), progress `diskplane_progress_ratio` on
+//! `GET /metrics`.
+//!
+//! ## TLS material
+//! Serving certificates come from the controller's CA ([`super::certs`]), issued by the apply
+//! layer and passed in as [`ServingCert`]s; the builders only place them. Each Pod mounts
+//! just the keys it needs from its Secret (`items`), read-only:
+//! - upload Pod, Secret `cdi-upload-<dv>` at `/etc/diskplane/upload`: `token-key`, `tls.crt`,
+//!   `tls.key`, `ca.crt` → `--tls-cert`, `--tls-key`, `--tls-ca` (served at
+//!   `/v1beta1/ca.crt`); the certificate names the upload Service.
+//! - clone source, Secret `<uid>-clone-token` at `/etc/diskplane/clone`: `token`, `tls.crt`,
+//!   `tls.key` → `--tls-cert`, `--tls-key`.
+//! - clone target, the same Secret (or its twin in the target namespace, which holds only
+//!   `token` and `ca.crt`): `token`, `ca.crt` → `--ca-cert`, and `--tls-server-name` with the
+//!   name the source's certificate carries ([`clone_source_server_name`]): the target dials the
+//!   source Pod's IP, which is unknown when the certificate is issued.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
-    PodSecurityContext, PodSpec, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort,
-    ServiceSpec, TypedLocalObjectReference, Volume, VolumeDevice, VolumeMount, VolumeResourceRequirements,
+    EnvVarSource, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, TypedLocalObjectReference,
+    Volume, VolumeDevice, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::certs::ServingCert;
 use super::clone::{CloneChoice, CloneStrategy};
 use super::names::*;
 use super::resource::VolumeSnapshotObject;
@@ -257,8 +273,8 @@ pub enum WorkerRole {
     /// The upload server for the volume (with its Service).
     Upload,
     /// Host-assisted clone, target side: receives into the volume from the source Pod at
-    /// `source_url`.
-    CloneTarget { source_url: String },
+    /// `source_url` (`https://IP:PORT`), whose certificate names `server_name`.
+    CloneTarget { source_url: String, server_name: String },
     /// Host-assisted clone, source side: serves the source PVC `claim` (in `namespace`).
     CloneSource { namespace: String, claim: String, block: bool },
 }
@@ -284,6 +300,15 @@ const CLONE_TOKEN_VOLUME: &str = "clone-token";
 pub const CLONE_TOKEN_DIR: &str = "/etc/diskplane/clone";
 /// The key of the shared token in a clone's Secret.
 pub const CLONE_TOKEN_KEY: &str = "token";
+/// Where the upload Pod finds its Secret.
+pub const UPLOAD_SECRET_DIR: &str = "/etc/diskplane/upload";
+/// Key of the upload Secret holding the DataVolume's token key.
+pub const UPLOAD_TOKEN_KEY: &str = "token-key";
+/// Keys of a worker's serving certificate, its private key and the CA bundle in its Secret
+/// (the `kubernetes.io/tls` names).
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
+pub const CA_CERT_KEY: &str = "ca.crt";
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar { name: name.to_owned(), value: Some(value.into()), value_from: None }
@@ -419,40 +444,51 @@ pub fn worker_pod(config: &ClusterConfig, spec: &WorkerSpec<'_>) -> Pod {
                     dv.metadata.namespace(),
                     "--name",
                     dv.metadata.name(),
-                    "--token-key",
-                    "/etc/diskplane/upload/token-key",
                     "--scratch-dir",
                     "/tmp",
                     "--exit-on-success",
                 ]
                 .map(str::to_owned),
             );
-            volumes.push(Volume {
-                name: "upload-token-key".to_owned(),
-                secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
-                    secret_name: Some(upload_pod(dv.metadata.name())),
-                    default_mode: Some(0o440),
-                    ..Default::default()
-                }),
-                ..Volume::default()
-            });
-            mounts.push(VolumeMount {
-                name: "upload-token-key".to_owned(),
-                mount_path: "/etc/diskplane/upload".to_owned(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            });
+            let files = [UPLOAD_TOKEN_KEY, TLS_CERT_KEY, TLS_KEY_KEY, CA_CERT_KEY];
+            for (flag, key) in ["--token-key", "--tls-cert", "--tls-key", "--tls-ca"].into_iter().zip(files) {
+                args.extend([flag.to_owned(), format!("{UPLOAD_SECRET_DIR}/{key}")]);
+            }
+            let secret = upload_pod(dv.metadata.name());
+            secret_mount(
+                "upload-token-key",
+                &secret,
+                UPLOAD_SECRET_DIR,
+                0o440,
+                &files,
+                &mut volumes,
+                &mut mounts,
+            );
         }
-        WorkerRole::CloneTarget { source_url } => {
+        WorkerRole::CloneTarget { source_url, server_name } => {
             args.extend(["--size".to_owned(), size, "--source-url".to_owned(), source_url.clone()]);
             if spec.preallocate {
                 env_vars.push(env("PREALLOCATION", "true"));
             }
-            clone_token(&uid, &mut args, &mut volumes, &mut mounts);
+            args.extend([
+                "--ca-cert".to_owned(),
+                format!("{CLONE_TOKEN_DIR}/{CA_CERT_KEY}"),
+                "--tls-server-name".to_owned(),
+                server_name.clone(),
+            ]);
+            clone_token(&uid, &[CLONE_TOKEN_KEY, CA_CERT_KEY], &mut args, &mut volumes, &mut mounts);
         }
         WorkerRole::CloneSource { .. } => {
-            args.extend(["--listen".to_owned(), format!("0.0.0.0:{CLONE_PORT}")]);
-            clone_token(&uid, &mut args, &mut volumes, &mut mounts);
+            args.extend([
+                "--listen".to_owned(),
+                format!("0.0.0.0:{CLONE_PORT}"),
+                "--tls-cert".to_owned(),
+                format!("{CLONE_TOKEN_DIR}/{TLS_CERT_KEY}"),
+                "--tls-key".to_owned(),
+                format!("{CLONE_TOKEN_DIR}/{TLS_KEY_KEY}"),
+            ]);
+            let keys = [CLONE_TOKEN_KEY, TLS_CERT_KEY, TLS_KEY_KEY];
+            clone_token(&uid, &keys, &mut args, &mut volumes, &mut mounts);
         }
     }
     let same_namespace = namespace == dv.metadata.namespace();
@@ -519,39 +555,61 @@ pub fn worker_pod(config: &ClusterConfig, spec: &WorkerSpec<'_>) -> Pod {
     }
 }
 
-/// The clone's Secret mounted read-only (owner-readable files, group 107 through `fsGroup`),
-/// its token passed as `--token-file`; `--insecure`: no TLS material yet (see the module
-/// Caveats of [`super`]).
-fn clone_token(uid: &str, args: &mut Vec<String>, volumes: &mut Vec<Volume>, mounts: &mut Vec<VolumeMount>) {
-    args.extend([
-        "--token-file".to_owned(),
-        format!("{CLONE_TOKEN_DIR}/{CLONE_TOKEN_KEY}"),
-        "--insecure".to_owned(),
-    ]);
+/// The clone's Secret mounted read-only with only `keys` (owner-readable files, group 107
+/// through `fsGroup`), its token passed as `--token-file`.
+fn clone_token(
+    uid: &str,
+    keys: &[&str],
+    args: &mut Vec<String>,
+    volumes: &mut Vec<Volume>,
+    mounts: &mut Vec<VolumeMount>,
+) {
+    args.extend(["--token-file".to_owned(), format!("{CLONE_TOKEN_DIR}/{CLONE_TOKEN_KEY}")]);
+    secret_mount(CLONE_TOKEN_VOLUME, &clone_secret(uid), CLONE_TOKEN_DIR, 0o400, keys, volumes, mounts);
+}
+
+/// Secret `secret` as volume `volume` at `dir`, read-only, with only `keys` (each as a file of
+/// its name): a Pod never sees the keys meant for another.
+fn secret_mount(
+    volume: &str,
+    secret: &str,
+    dir: &str,
+    mode: i32,
+    keys: &[&str],
+    volumes: &mut Vec<Volume>,
+    mounts: &mut Vec<VolumeMount>,
+) {
+    let items =
+        keys.iter().map(|k| KeyToPath { key: (*k).to_owned(), path: (*k).to_owned(), mode: None }).collect();
     volumes.push(Volume {
-        name: CLONE_TOKEN_VOLUME.to_owned(),
-        secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
-            secret_name: Some(clone_secret(uid)),
-            default_mode: Some(0o400),
-            ..Default::default()
+        name: volume.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            default_mode: Some(mode),
+            items: Some(items),
+            ..SecretVolumeSource::default()
         }),
         ..Volume::default()
     });
     mounts.push(VolumeMount {
-        name: CLONE_TOKEN_VOLUME.to_owned(),
-        mount_path: CLONE_TOKEN_DIR.to_owned(),
+        name: volume.to_owned(),
+        mount_path: dir.to_owned(),
         read_only: Some(true),
         ..VolumeMount::default()
     });
 }
 
 /// The Secret of a host-assisted clone in `namespace` (the source's or the target's): the
-/// shared `token` both Pods read. Owned by the DataVolume in its own namespace; elsewhere only
-/// labelled with its UID and deleted by the finalizer.
+/// shared `token` both Pods read, the CA bundle `ca.crt` the target verifies the source with,
+/// and, where the source runs (`serving`), the source's certificate and key. Owned by the
+/// DataVolume in its own namespace; elsewhere only labelled with its UID and deleted by the
+/// finalizer.
 pub fn clone_secret_object(
     dv: &DataVolume,
     namespace: &str,
     token: &str,
+    ca_pem: &str,
+    serving: Option<&ServingCert>,
 ) -> k8s_openapi::api::core::v1::Secret {
     let uid = dv.metadata.uid.clone().unwrap_or_default();
     let mut secret_labels = labels(Some("cdi-clone"));
@@ -564,10 +622,22 @@ pub fn clone_secret_object(
             owner_references: (namespace == dv.metadata.namespace()).then(|| vec![owner_reference(dv)]),
             ..ObjectMeta::default()
         },
-        string_data: Some(BTreeMap::from([(CLONE_TOKEN_KEY.to_owned(), token.to_owned())])),
+        string_data: Some(clone_secret_data(token, ca_pem, serving)),
         type_: Some("Opaque".to_owned()),
         ..Default::default()
     }
+}
+
+fn clone_secret_data(token: &str, ca_pem: &str, serving: Option<&ServingCert>) -> BTreeMap<String, String> {
+    let mut data = BTreeMap::from([
+        (CLONE_TOKEN_KEY.to_owned(), token.to_owned()),
+        (CA_CERT_KEY.to_owned(), ca_pem.to_owned()),
+    ]);
+    if let Some(serving) = serving {
+        data.insert(TLS_CERT_KEY.to_owned(), serving.cert_pem.clone());
+        data.insert(TLS_KEY_KEY.to_owned(), serving.key_pem.clone());
+    }
+    data
 }
 
 /// Source parameters of an import (http / registry / blank) in CDI's environment names.
@@ -659,10 +729,15 @@ pub fn upload_service(dv: &DataVolume) -> Service {
 /// Label on upload Pods naming their Service, so each Service selects exactly its Pod.
 pub const ANN_UPLOAD_SERVICE_SELECTOR: &str = "cdi.kubevirt.io/uploadTarget";
 
-/// The Secret holding the key the upload server checks tokens with: one key per DataVolume
-/// (`token_key`, hex; derived from the global key, see [`ClusterConfig::upload_token_key`]),
-/// so a token for one volume never opens another.
-pub fn upload_secret(dv: &DataVolume, token_key: &str) -> k8s_openapi::api::core::v1::Secret {
+/// The Secret of the upload Pod: the key the upload server checks tokens with, one key per
+/// DataVolume (`token_key`, hex; derived from the global key, see
+/// [`ClusterConfig::upload_token_key`]), so a token for one volume never opens another; and its
+/// serving certificate for the upload Service's names ([`upload_service_names`]) with the CA.
+pub fn upload_secret(
+    dv: &DataVolume,
+    token_key: &str,
+    serving: &ServingCert,
+) -> k8s_openapi::api::core::v1::Secret {
     k8s_openapi::api::core::v1::Secret {
         metadata: ObjectMeta {
             name: Some(upload_pod(dv.metadata.name())),
@@ -671,7 +746,12 @@ pub fn upload_secret(dv: &DataVolume, token_key: &str) -> k8s_openapi::api::core
             owner_references: Some(vec![owner_reference(dv)]),
             ..ObjectMeta::default()
         },
-        string_data: Some(BTreeMap::from([("token-key".to_owned(), token_key.to_owned())])),
+        string_data: Some(BTreeMap::from([
+            (UPLOAD_TOKEN_KEY.to_owned(), token_key.to_owned()),
+            (TLS_CERT_KEY.to_owned(), serving.cert_pem.clone()),
+            (TLS_KEY_KEY.to_owned(), serving.key_pem.clone()),
+            (CA_CERT_KEY.to_owned(), serving.ca_pem.clone()),
+        ])),
         type_: Some("Opaque".to_owned()),
         ..Default::default()
     }

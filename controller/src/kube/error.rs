@@ -23,6 +23,9 @@ pub enum Error {
     /// No random token (upload token key, clone token) could be made.
     #[error("generating a random token: {0}")]
     TokenKey(#[source] std::io::Error),
+    /// No CA or serving certificate could be made.
+    #[error("certificates: {0}")]
+    Certificate(#[from] super::certs::CertError),
     /// The kube client could not be built from the environment (no kubeconfig, no in-cluster
     /// service account).
     #[error("kube client: {0}")]
@@ -37,7 +40,9 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             // The API server is the driver's storage: failing to talk to it is an I/O error.
-            Error::Api { .. } | Error::Client(_) | Error::TokenKey(_) => ErrorKind::Io,
+            Error::Api { .. } | Error::Client(_) | Error::TokenKey(_) | Error::Certificate(_) => {
+                ErrorKind::Io
+            }
             Error::Convert(_) | Error::MissingField(_) => ErrorKind::Unsupported,
         }
     }

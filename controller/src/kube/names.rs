@@ -104,6 +104,21 @@ pub fn clone_secret(dv_uid: &str) -> String {
     object_name("", &format!("{dv_uid}-clone-token"))
 }
 
+/// The names the upload proxy may dial an upload Pod's Service by, which its serving
+/// certificate carries: `cdi-upload-<dv>.<namespace>.svc` (the proxy's default upstream) and
+/// the same under `cluster.local`.
+pub fn upload_service_names(dv: &str, namespace: &str) -> Vec<String> {
+    let service = upload_pod(dv);
+    vec![format!("{service}.{namespace}.svc"), format!("{service}.{namespace}.svc.cluster.local")]
+}
+
+/// The name in a clone source's serving certificate, which the clone target checks
+/// (`--tls-server-name`) while it dials the source Pod's IP: `<source pod>.<namespace>.pod`.
+/// It is not resolved; it only ties the certificate to this clone's source Pod.
+pub fn clone_source_server_name(dv_uid: &str, source_namespace: &str) -> String {
+    format!("{}.{source_namespace}.pod", clone_source_pod(dv_uid))
+}
+
 /// Port the clone source serves the volume on (the metrics endpoint has [`METRICS_PORT`]).
 pub const CLONE_PORT: i32 = 8444;
 
@@ -133,5 +148,14 @@ mod tests {
         assert!(a.len() <= MAX_NAME && b.len() <= MAX_NAME, "{a} {b}");
         assert_ne!(a, b);
         assert!(a.starts_with("cdi-upload-xxx"));
+    }
+
+    #[test]
+    fn certificate_names_of_upload_services_and_clone_sources() {
+        assert_eq!(
+            upload_service_names("disk", "vms"),
+            ["cdi-upload-disk.vms.svc", "cdi-upload-disk.vms.svc.cluster.local"]
+        );
+        assert_eq!(clone_source_server_name("uid-1", "golden"), "uid-1-source-pod.golden.pod");
     }
 }

@@ -12,7 +12,8 @@
 //!   `snapshot` clone the VolumeSnapshot first.
 //! - `StartWorker` → the worker Pod (import / upload with its Secret and Service). A `copy`
 //!   clone starts its source Pod first and its target Pod once the source Pod runs and has an
-//!   address (the target connects to it).
+//!   address (the target connects to it). Upload and clone-source Pods get a serving
+//!   certificate from [`Context::ca`] in their Secret.
 //! - `DeleteWorker` → delete the worker's Pods (and the upload Service and Secret, the
 //!   temporary VolumeSnapshot); "not found" is success.
 //! - `UpdateStatus` → a merge patch of the `status` subresource, and an Event on phase changes.
@@ -41,6 +42,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use serde_json::json;
 
 use super::build::ClusterConfig;
+use super::ca::SharedCa;
 use super::clone::CloneStrategy;
 use super::error::{Error, Result};
 pub use super::metrics::{HttpMetrics, ProgressReader};
@@ -72,6 +74,9 @@ pub struct Context {
     pub now: fn() -> Timestamp,
     /// A fresh upload token key (hex); tests pin it.
     pub token_key: fn() -> std::io::Result<String>,
+    /// The CA that signs upload and clone-source Pods' serving certificates (see
+    /// [`super::ca`]).
+    pub ca: Arc<SharedCa>,
 }
 
 impl std::fmt::Debug for Context {

@@ -29,6 +29,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use serde::de::DeserializeOwned;
 
 use super::build::ClusterConfig;
+use super::ca::{SharedCa, ensure_ca, keep_renewed};
 use super::catalog::datasource::{self, dependents_of_source, dependents_of_volume};
 use super::catalog::{CatalogContext, RegistryDigests, cron};
 use super::error::{Error, Result};
@@ -50,6 +51,9 @@ pub struct ControllerOptions {
     pub config: ClusterConfig,
     /// Registry hosts (`host:port`) DataImportCrons poll over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// The controller's own namespace: where its CA Secret and the CA bundle ConfigMap live
+    /// ([`super::ca`]).
+    pub ca_namespace: String,
 }
 
 /// A built-in namespaced resource in one namespace or all.
@@ -103,9 +107,12 @@ async fn report<T, E: std::fmt::Display>(result: Result<T, E>) {
 /// Runs the controllers until the process is told to stop (SIGTERM / Ctrl-C).
 ///
 /// # Errors
-/// [`Error::Client`] when no cluster can be reached from the environment.
+/// [`Error::Client`] when no cluster can be reached from the environment, [`Error::Api`] or
+/// [`Error::Certificate`] when the CA cannot be loaded or made.
 pub async fn run(options: ControllerOptions) -> Result<()> {
     let client = Client::try_default().await.map_err(Error::Client)?;
+    let ca = Arc::new(SharedCa::new(ensure_ca(&client, &options.ca_namespace, now()).await?));
+    tokio::spawn(keep_renewed(client.clone(), options.ca_namespace.clone(), Arc::clone(&ca), now));
     let ns = options.namespace.as_deref();
     let caches = Caches {
         pvcs: informer(api::<PersistentVolumeClaim>(&client, ns), ()),
@@ -127,6 +134,7 @@ pub async fn run(options: ControllerOptions) -> Result<()> {
         progress: Arc::new(HttpMetrics { port: super::names::METRICS_PORT as u16 }),
         now,
         token_key: random_token_key,
+        ca,
     });
     let dvs = dynamic_api::<DataVolumeObject>(&client, ns, &data_volumes());
     let data_volume_controller = Controller::new_with(dvs, watcher::Config::default(), data_volumes())

@@ -28,6 +28,22 @@ pub enum BodyCheck {
     Fields(Vec<(&'static str, Value)>),
     /// JSON pointers that must be absent.
     FieldsAndAbsent(Vec<(&'static str, Value)>, Vec<&'static str>),
+    /// Exact fields, then a check of the whole body (for values made at random, such as keys
+    /// and certificates: their shape and relations, never their bytes).
+    FieldsAndCheck(Vec<(&'static str, Value)>, fn(&Value)),
+}
+
+/// The keys of the object at `pointer` in `body`, sorted.
+pub fn keys_at(body: &Value, pointer: &str) -> Vec<String> {
+    let mut keys: Vec<String> = body
+        .pointer(pointer)
+        .and_then(Value::as_object)
+        .unwrap_or_else(|| panic!("no object at {pointer} in {body:#}"))
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
 }
 
 pub enum Reply {
@@ -68,6 +84,10 @@ pub fn check_body(check: &BodyCheck, body: &Value, what: &str) {
             for (pointer, expected) in fields {
                 assert_eq!(body.pointer(pointer), Some(expected), "{what}: {pointer} in {body:#}");
             }
+        }
+        BodyCheck::FieldsAndCheck(fields, check) => {
+            check_body(&BodyCheck::Fields(fields.clone()), body, what);
+            check(body);
         }
         BodyCheck::FieldsAndAbsent(fields, absent) => {
             check_body(&BodyCheck::Fields(fields.clone()), body, what);

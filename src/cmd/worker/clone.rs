@@ -6,8 +6,11 @@
 //! diskplane worker clone-source --volume /data/disk.img --listen 0.0.0.0:8444 \
 //!     --tls-cert tls.crt --tls-key tls.key --token-file /token/token       # prints "listening on ADDR"
 //! diskplane worker clone-target --volume /data/disk.img --source-url https://SRC:8444 \
-//!     --ca-cert ca.crt --token-file /token/token
+//!     --ca-cert ca.crt [--tls-server-name NAME] --token-file /token/token
 //! ```
+//! In a cluster the controller issues the source's certificate from its CA for a name of the
+//! source Pod (the target dials the Pod's IP and checks that name with `--tls-server-name`),
+//! and both Pods mount the clone's Secret (token, certificate, CA).
 //! The source serves one target and exits. The target writes a file volume under a temporary
 //! name and renames it into place only after the clone was flushed and checked.
 //!
@@ -69,6 +72,10 @@ pub struct TargetArgs {
     /// PEM CA the source's certificate must chain to.
     #[arg(long, env = "CLONER_CA_CERT")]
     ca_cert: Option<PathBuf>,
+    /// The name the source's certificate must carry (default: the host of --source-url). The
+    /// kube driver dials the source Pod's IP and checks the name it issued the source.
+    #[arg(long, env = "CLONER_TLS_SERVER_NAME", requires = "ca_cert")]
+    tls_server_name: Option<String>,
     /// Plain TCP without TLS (both sides must say so).
     #[arg(long, env = "CLONER_INSECURE")]
     insecure: bool,
@@ -154,6 +161,7 @@ pub fn target(args: &TargetArgs) -> Result<Outcome> {
     }
     let opts = ReceiveOptions {
         ca_cert: args.ca_cert.clone(),
+        server_name: args.tls_server_name.clone(),
         token: Token::from_file(&args.token_file)?,
         target_size: args.size,
         idle_timeout: Duration::from_secs(args.timeout_secs.max(1)),

@@ -144,7 +144,10 @@ fn every_worker_pod_meets_the_restricted_pod_security_standard() {
     for role in [
         WorkerRole::Import,
         WorkerRole::Upload,
-        WorkerRole::CloneTarget { source_url: "https://10.0.0.1:8443".into() },
+        WorkerRole::CloneTarget {
+            source_url: "https://10.0.0.1:8443".into(),
+            server_name: "s.golden.pod".into(),
+        },
         WorkerRole::CloneSource { namespace: "src".into(), claim: "golden".into(), block: true },
     ] {
         let spec = WorkerSpec {
@@ -280,13 +283,74 @@ fn the_upload_service_selects_exactly_its_upload_pod() {
     assert_eq!(service["metadata"]["ownerReferences"][0]["uid"], "uid-1");
     let args: Vec<String> = serde_json::from_value(pod["spec"]["containers"][0]["args"].clone()).unwrap();
     assert_eq!(args[..2], ["worker", "upload-server"]);
-    assert!(args.windows(2).any(|w| w == ["--token-key", "/etc/diskplane/upload/token-key"]));
     assert!(args.windows(2).any(|w| w == ["--size", "9"]));
     let env = &pod["spec"]["containers"][0]["env"];
     assert!(
         env.as_array().unwrap().contains(&json!({"name": "UPLOAD_CONTENTTYPE", "value": "kubevirt"})),
         "{env}"
     );
+}
+
+#[test]
+fn the_upload_pod_serves_tls_with_the_files_of_its_secret_mounted_read_only() {
+    let dv = dv(json!({"source": {"upload": {}}, "storage": {}}));
+    let spec = WorkerSpec {
+        dv: &dv,
+        role: WorkerRole::Upload,
+        attempt: 0,
+        block: false,
+        virtual_size: 9,
+        preallocate: false,
+    };
+
+    let pod = serde_json::to_value(worker_pod(&config(), &spec)).unwrap();
+
+    let container = &pod["spec"]["containers"][0];
+    let args: Vec<String> = serde_json::from_value(container["args"].clone()).unwrap();
+    for (flag, file) in [
+        ("--token-key", "/etc/diskplane/upload/token-key"),
+        ("--tls-cert", "/etc/diskplane/upload/tls.crt"),
+        ("--tls-key", "/etc/diskplane/upload/tls.key"),
+        ("--tls-ca", "/etc/diskplane/upload/ca.crt"),
+    ] {
+        assert!(args.windows(2).any(|w| w == [flag, file]), "{flag} {file} in {args:?}");
+    }
+    assert_eq!(
+        pod["spec"]["volumes"][2],
+        json!({"name": "upload-token-key", "secret": {
+            "secretName": "cdi-upload-fedora", "defaultMode": 0o440,
+            "items": [{"key": "token-key", "path": "token-key"}, {"key": "tls.crt", "path": "tls.crt"},
+                      {"key": "tls.key", "path": "tls.key"}, {"key": "ca.crt", "path": "ca.crt"}]}})
+    );
+    assert!(container["volumeMounts"].as_array().unwrap().contains(
+        &json!({"name": "upload-token-key", "mountPath": "/etc/diskplane/upload", "readOnly": true})
+    ));
+}
+
+#[test]
+fn no_worker_pod_is_told_to_skip_tls() {
+    let upload = dv(json!({"source": {"upload": {}}, "storage": {}}));
+    let clone = dv(json!({"source": {"pvc": {"namespace": "golden", "name": "fedora-base"}}, "storage": {}}));
+    let roles = [
+        (&upload, WorkerRole::Upload),
+        (
+            &clone,
+            WorkerRole::CloneSource { namespace: "golden".into(), claim: "fedora-base".into(), block: false },
+        ),
+        (
+            &clone,
+            WorkerRole::CloneTarget {
+                source_url: "https://10.0.0.1:8444".into(),
+                server_name: "n.pod".into(),
+            },
+        ),
+    ];
+    for (dv, role) in roles {
+        let spec = WorkerSpec { dv, role, attempt: 0, block: false, virtual_size: 9, preallocate: false };
+        let pod = serde_json::to_value(worker_pod(&config(), &spec)).unwrap();
+        let text = pod.to_string();
+        assert!(!text.contains("--insecure") && !text.contains("INSECURE"), "{text}");
+    }
 }
 
 #[test]
@@ -331,10 +395,15 @@ fn clone_pod(role: WorkerRole) -> serde_json::Value {
     serde_json::to_value(worker_pod(&config(), &spec)).unwrap()
 }
 
+/// The clone Secret's volume with only `keys`.
+fn clone_secret_volume(keys: &[&str]) -> serde_json::Value {
+    let items: Vec<_> = keys.iter().map(|k| json!({"key": k, "path": k})).collect();
+    json!({"name": "clone-token",
+           "secret": {"secretName": "uid-1-clone-token", "defaultMode": 0o400, "items": items}})
+}
+
 #[test]
-fn clone_pods_mount_the_clone_secret_read_only_and_pass_its_token_file() {
-    let secret_volume = json!({"name": "clone-token",
-                               "secret": {"secretName": "uid-1-clone-token", "defaultMode": 0o400}});
+fn clone_pods_mount_their_keys_of_the_clone_secret_read_only_and_speak_tls() {
     let secret_mount = json!({"name": "clone-token", "mountPath": "/etc/diskplane/clone", "readOnly": true});
     let source = clone_pod(WorkerRole::CloneSource {
         namespace: "golden".into(),
@@ -351,19 +420,25 @@ fn clone_pods_mount_the_clone_secret_read_only_and_pass_its_token_file() {
             "/data/disk.img",
             "--listen",
             "0.0.0.0:8444",
+            "--tls-cert",
+            "/etc/diskplane/clone/tls.crt",
+            "--tls-key",
+            "/etc/diskplane/clone/tls.key",
             "--token-file",
             "/etc/diskplane/clone/token",
-            "--insecure"
         ])
     );
-    assert_eq!(source["spec"]["volumes"][2], secret_volume);
+    assert_eq!(source["spec"]["volumes"][2], clone_secret_volume(&["token", "tls.crt", "tls.key"]));
     assert_eq!(source["spec"]["volumes"].as_array().unwrap().len(), 3);
     assert_eq!(
         container["volumeMounts"],
         json!([{"name": "cdi-data-vol", "mountPath": "/data", "readOnly": true},
                {"name": "tmp", "mountPath": "/tmp"}, secret_mount])
     );
-    let target = clone_pod(WorkerRole::CloneTarget { source_url: "tcp://10.0.0.1:8444".into() });
+    let target = clone_pod(WorkerRole::CloneTarget {
+        source_url: "https://10.0.0.1:8444".into(),
+        server_name: "uid-1-source-pod.golden.pod".into(),
+    });
     let container = &target["spec"]["containers"][0];
     assert_eq!(
         container["args"],
@@ -375,13 +450,17 @@ fn clone_pods_mount_the_clone_secret_read_only_and_pass_its_token_file() {
             "--size",
             "9",
             "--source-url",
-            "tcp://10.0.0.1:8444",
+            "https://10.0.0.1:8444",
+            "--ca-cert",
+            "/etc/diskplane/clone/ca.crt",
+            "--tls-server-name",
+            "uid-1-source-pod.golden.pod",
             "--token-file",
             "/etc/diskplane/clone/token",
-            "--insecure"
         ])
     );
-    assert_eq!(target["spec"]["volumes"][2], secret_volume);
+    // The target never sees the source's key.
+    assert_eq!(target["spec"]["volumes"][2], clone_secret_volume(&["token", "ca.crt"]));
     assert_eq!(
         container["volumeMounts"],
         json!([{"name": "cdi-data-vol", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"},
@@ -403,18 +482,28 @@ fn clone_pods_mount_the_clone_secret_read_only_and_pass_its_token_file() {
 fn a_clone_secret_is_owned_in_the_data_volumes_namespace_and_labelled_elsewhere() {
     let dv = dv(json!({"source": {"pvc": {"namespace": "golden", "name": "fedora-base"}}, "storage": {}}));
     let namespace = dv.metadata.namespace().to_owned();
-    let own = serde_json::to_value(clone_secret_object(&dv, &namespace, "abc")).unwrap();
+    let serving = serving();
+    let own =
+        serde_json::to_value(clone_secret_object(&dv, &namespace, "abc", "CA", Some(&serving))).unwrap();
     assert_eq!(own["type"], "Opaque");
-    assert_eq!(own["stringData"], json!({"token": "abc"}));
+    assert_eq!(
+        own["stringData"],
+        json!({"token": "abc", "ca.crt": "CA", "tls.crt": "CERT", "tls.key": "KEY"})
+    );
     assert_eq!(own["metadata"]["name"], "uid-1-clone-token");
     assert_eq!(own["metadata"]["namespace"], namespace.as_str());
     assert_eq!(own["metadata"]["labels"]["diskplane.io/clone-for"], "uid-1");
     assert_eq!(own["metadata"]["ownerReferences"][0]["uid"], "uid-1");
-    let other = serde_json::to_value(clone_secret_object(&dv, "golden", "abc")).unwrap();
+    let other = serde_json::to_value(clone_secret_object(&dv, "golden", "abc", "CA", None)).unwrap();
     assert_eq!(other["metadata"]["namespace"], "golden");
     assert_eq!(other["metadata"]["labels"]["diskplane.io/clone-for"], "uid-1");
     assert!(other["metadata"].get("ownerReferences").is_none());
-    assert_eq!(other["stringData"], json!({"token": "abc"}));
+    assert_eq!(other["stringData"], json!({"token": "abc", "ca.crt": "CA"}));
+}
+
+/// Placeholder PEM: the builders only place what the apply layer issued.
+fn serving() -> ServingCert {
+    ServingCert { cert_pem: "CERT".into(), key_pem: "KEY".into(), ca_pem: "CA".into() }
 }
 
 /// The port a worker container listens on for `flag` (`--listen 0.0.0.0:P`) or env `name`.
@@ -463,7 +552,10 @@ fn the_upload_secret_gets_the_key_derived_from_the_global_key() {
 
     let meta = &upload.metadata;
     assert_eq!(key, global.derive_hex(meta.namespace(), meta.name(), meta.uid.as_deref().unwrap()));
-    let secret = serde_json::to_value(upload_secret(&upload, &key)).unwrap();
-    assert_eq!(secret["stringData"]["token-key"], json!(key));
+    let secret = serde_json::to_value(upload_secret(&upload, &key, &serving())).unwrap();
+    assert_eq!(
+        secret["stringData"],
+        json!({"token-key": key, "tls.crt": "CERT", "tls.key": "KEY", "ca.crt": "CA"})
+    );
     assert_eq!(key.len(), 64);
 }

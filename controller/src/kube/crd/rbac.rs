@@ -52,9 +52,10 @@ pub const CONTROLLER: &[Rule] = &[
         resources: &["pods", "services"],
         verbs: &["get", "list", "watch", "create", "delete"],
     },
-    // The upload server's token key and a host-assisted clone's shared token, one Secret per
-    // DataVolume (and per namespace of a clone), and a DataImportCron's `secretRef` (registry
-    // credentials for its polls); read only by name, never listed.
+    // The upload Pod's token key and serving certificate, a host-assisted clone's shared
+    // token and the source's certificate, one Secret per DataVolume (and per namespace of a
+    // clone); the controller's CA Secret in its own namespace; a DataImportCron's `secretRef`
+    // (registry credentials for its polls). Read only by name, never listed.
     Rule { api_group: "", resources: &["secrets"], verbs: &["get", "create", "delete"] },
     // A DataImportCron's `certConfigMap` (the CA of a private registry it polls).
     Rule { api_group: "", resources: &["configmaps"], verbs: &["get"] },
@@ -88,4 +89,35 @@ pub const APISERVER: &[Rule] = &[
     Rule { api_group: "cdi.kubevirt.io", resources: &["datavolumes"], verbs: &["get"] },
     // A PVC of that name without DataVolume: a clear refusal instead of a bare 404.
     Rule { api_group: "", resources: &["persistentvolumeclaims"], verbs: &["get"] },
+];
+
+/// One `rules[]` entry of a namespaced Role, optionally limited to named objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamespacedRule {
+    /// `""` for the core group.
+    pub api_group: &'static str,
+    pub resources: &'static [&'static str],
+    /// Empty: every object of the resources (`create` cannot be limited by name).
+    pub resource_names: &'static [&'static str],
+    pub verbs: &'static [&'static str],
+}
+
+/// The Role `diskplane-controller` in the controller's own namespace: its CA (see
+/// `kube::ca`). Reading and creating the CA Secret come with the ClusterRole's Secret rule;
+/// renewing it needs `update`, on that one Secret only. The bundle ConfigMap is created once
+/// and then read and updated by name.
+pub const CONTROLLER_IN_OWN_NAMESPACE: &[NamespacedRule] = &[
+    NamespacedRule {
+        api_group: "",
+        resources: &["secrets"],
+        resource_names: &["diskplane-upload-ca"],
+        verbs: &["update"],
+    },
+    NamespacedRule {
+        api_group: "",
+        resources: &["configmaps"],
+        resource_names: &["diskplane-upload-ca-bundle"],
+        verbs: &["get", "update"],
+    },
+    NamespacedRule { api_group: "", resources: &["configmaps"], resource_names: &[], verbs: &["create"] },
 ];

@@ -177,8 +177,10 @@ pub(super) async fn start_worker(
                 Some(derived) => derived,
                 None => (ctx.token_key)().map_err(Error::TokenKey)?,
             };
+            let names = upload_service_names(dv.metadata.name(), namespace);
+            let serving = ctx.ca.get().issue(&names, (ctx.now)().0)?;
             let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-            let secret = build::upload_secret(dv, &key);
+            let secret = build::upload_secret(dv, &key, &serving);
             create(&secrets, &secret, format!("Secret {namespace}/{}", upload_pod(dv.metadata.name())))
                 .await?;
             let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
@@ -195,35 +197,45 @@ pub(super) async fn start_worker(
     }
 }
 
-/// The Secrets of a copy clone, before its Pods: the source namespace's first (an existing one
-/// keeps its token, so a retry after a partial failure never splits the token), then the
-/// target namespace's when it is another.
+/// The Secrets of a copy clone, before its Pods: the source namespace's first, with the token
+/// and the source's serving certificate; then the target namespace's (token and CA only) when
+/// it is another. A complete existing source Secret is kept as it is, so a retry after a
+/// partial failure never splits the token or pairs a key with another certificate; an
+/// incomplete one (made by a diskplane without TLS material) is replaced.
 async fn clone_secrets(dv: &DataVolume, source_namespace: &str, ctx: &Context) -> Result<()> {
-    let name = clone_secret(dv.metadata.uid.as_deref().unwrap_or_default());
+    let uid = dv.metadata.uid.as_deref().unwrap_or_default();
+    let name = clone_secret(uid);
+    let what = format!("Secret {source_namespace}/{name}");
     let source: Api<Secret> = Api::namespaced(ctx.client.clone(), source_namespace);
-    let existing = source
-        .get_opt(&name)
-        .await
-        .map_err(Error::api("reading", format!("Secret {source_namespace}/{name}")))?;
-    let token = existing
-        .as_ref()
-        .and_then(|s| s.data.as_ref())
-        .and_then(|d| d.get(build::CLONE_TOKEN_KEY))
-        .and_then(|t| String::from_utf8(t.0.clone()).ok())
-        .filter(|t| !t.trim().is_empty());
-    let token = match token {
-        Some(token) => token,
-        None => {
+    let existing = source.get_opt(&name).await.map_err(Error::api("reading", what.clone()))?;
+    let value = |key: &str| {
+        existing
+            .as_ref()
+            .and_then(|s| s.data.as_ref())
+            .and_then(|d| d.get(key))
+            .and_then(|t| String::from_utf8(t.0.clone()).ok())
+            .filter(|t| !t.trim().is_empty())
+    };
+    let complete = [build::TLS_CERT_KEY, build::TLS_KEY_KEY].iter().all(|k| value(k).is_some());
+    let (token, ca_pem) = match (value(build::CLONE_TOKEN_KEY), value(build::CA_CERT_KEY)) {
+        (Some(token), Some(ca_pem)) if complete => (token, ca_pem),
+        _ => {
+            if existing.is_some() {
+                delete(&source, &name, what.clone()).await?;
+            }
             let token = (ctx.token_key)().map_err(Error::TokenKey)?;
-            let secret = build::clone_secret_object(dv, source_namespace, &token);
-            create(&source, &secret, format!("Secret {source_namespace}/{name}")).await?;
-            token
+            let names = [clone_source_server_name(uid, source_namespace)];
+            let serving = ctx.ca.get().issue(&names, (ctx.now)().0)?;
+            let secret =
+                build::clone_secret_object(dv, source_namespace, &token, &serving.ca_pem, Some(&serving));
+            create(&source, &secret, what).await?;
+            (token, serving.ca_pem)
         }
     };
     let namespace = dv.metadata.namespace();
     if namespace != source_namespace {
         let target: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-        let secret = build::clone_secret_object(dv, namespace, &token);
+        let secret = build::clone_secret_object(dv, namespace, &token, &ca_pem, None);
         create(&target, &secret, format!("Secret {namespace}/{name}")).await?;
     }
     Ok(())
@@ -251,8 +263,11 @@ pub(super) async fn start_clone_target(seen: &Observation, apis: &Apis, ctx: &Co
     }
     let (virtual_size, preallocate, block) = pvc_sizes(seen);
     let host = if ip.contains(':') { format!("[{ip}]") } else { ip.to_owned() };
-    // Plain TCP with the shared token until the clone Secrets carry TLS material.
-    let role = WorkerRole::CloneTarget { source_url: format!("tcp://{host}:{CLONE_PORT}") };
+    // The source's certificate names it, not its IP (unknown when the certificate was made).
+    let role = WorkerRole::CloneTarget {
+        source_url: format!("https://{host}:{CLONE_PORT}"),
+        server_name: clone_source_server_name(uid, &n.namespace),
+    };
     let pod =
         build::worker_pod(&ctx.config, &WorkerSpec { dv, role, attempt, block, virtual_size, preallocate });
     create(&apis.pods, &pod, format!("Pod {}/{target_name}", dv.metadata.namespace())).await
