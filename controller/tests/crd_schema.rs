@@ -581,13 +581,18 @@ fn deploy_cluster_roles_grant_exactly_what_the_rbac_list_says() {
     let missing: Vec<_> = expected.difference(&apiserver).collect();
     let extra: Vec<_> = apiserver.difference(&expected).collect();
     assert!(missing.is_empty() && extra.is_empty(), "apiserver: missing {missing:?}, extra {extra:?}");
-    // Aggregated API servers read the front proxy's ConfigMap through the built-in Role only.
-    let bindings: Vec<(&str, &str)> = docs
+    // Aggregated API servers read the front proxy's ConfigMap through the built-in Role; the
+    // controller's own Role (its CA) is bound in its namespace. Nothing else is bound.
+    let mut bindings: Vec<(&str, &str)> = docs
         .iter()
         .filter(|(_, d)| d["kind"] == "RoleBinding")
         .map(|(_, d)| (str_at(d, "/metadata/namespace"), str_at(d, "/roleRef/name")))
         .collect();
-    assert_eq!(bindings, [("kube-system", "extension-apiserver-authentication-reader")]);
+    bindings.sort_unstable();
+    assert_eq!(
+        bindings,
+        [("diskplane", "diskplane-controller"), ("kube-system", "extension-apiserver-authentication-reader")]
+    );
     // The upload proxy needs no API access: no role, no binding, no token mounted.
     assert!(rbac::UPLOAD_PROXY.is_empty());
     let proxy_rbac: Vec<&str> = docs

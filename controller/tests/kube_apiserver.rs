@@ -297,7 +297,8 @@ async fn the_upload_proxy_accepts_the_token_and_forwards_the_upload() {
     let upstream = Upstream::parse(&serve_plain(upload_server).await).expect("upstream");
     let config =
         ProxyConfig { key: global_key(), upstream, upstream_ca: None, upstream_wait: DEFAULT_UPSTREAM_WAIT };
-    let proxy = serve_plain(uploader::proxy::router(Proxy::new(config).expect("proxy"))).await;
+    let proxy =
+        serve_plain(uploader::proxy::router(std::sync::Arc::new(Proxy::new(config).expect("proxy")))).await;
 
     let response = reqwest::Client::new()
         .post(format!("{proxy}/v1beta1/upload-async"))
