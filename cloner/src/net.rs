@@ -234,7 +234,7 @@ pub fn serve_once(listener: &TcpListener, src: &Path, opts: &ServeOptions) -> Re
         Some(config) => {
             let conn = rustls::ServerConnection::new(Arc::clone(config))
                 .map_err(|e| Error::network("starting TLS", io::Error::other(e)))?;
-            let mut tls = tls_stream(conn, socket);
+            let mut tls = rustls::StreamOwned::new(conn, socket);
             let result = serve_session(&mut tls, &source, opts, &peer.to_string());
             tls.conn.send_close_notify();
             let _ = tls.flush();
@@ -324,18 +324,6 @@ fn serve_session(
     }
 }
 
-/// A TLS stream over `socket` that encrypts up to [`BUF_BYTES`] of plaintext per write
-/// (rustls's default, 64 KiB, costs a `writev` and a round through the stream's write path
-/// for every four records).
-fn tls_stream<C, D>(mut conn: C, socket: TcpStream) -> rustls::StreamOwned<C, TcpStream>
-where
-    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<D>>,
-    D: rustls::SideData,
-{
-    conn.set_buffer_limit(Some(BUF_BYTES));
-    rustls::StreamOwned::new(conn, socket)
-}
-
 fn set_timeouts(socket: &TcpStream, idle: Duration) -> io::Result<()> {
     socket.set_read_timeout(Some(idle))?;
     socket.set_write_timeout(Some(idle))?;
@@ -376,7 +364,7 @@ pub fn receive(endpoint: &Endpoint, dst: &Path, opts: &ReceiveOptions) -> Result
                 .map_err(|e| Error::config(format!("{endpoint}: invalid server name"), e))?;
             let conn = rustls::ClientConnection::new(config, name)
                 .map_err(|e| Error::network("starting TLS", io::Error::other(e)))?;
-            let mut tls = tls_stream(conn, socket);
+            let mut tls = rustls::StreamOwned::new(conn, socket);
             let result = receive_session(&mut tls, dst, opts, &peer);
             tls.conn.send_close_notify();
             let _ = tls.flush();

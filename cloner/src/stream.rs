@@ -38,9 +38,9 @@ const PIECE: usize = 256 << 10;
 /// Bytes of a DATA frame the target reads, hashes and writes at a time, in a
 /// [`DIRECT_ALIGN`](disk_formats::convert::direct::DIRECT_ALIGN)-aligned buffer: the volume writes the aligned middle of a piece with
 /// `O_DIRECT` ([`Volume`]'s direct path), which spares a copy into the page cache and its
-/// writeback on the target's CPU, the bottleneck of the stream. Larger than [`PIECE`] since
-/// each direct write waits for the device.
-const TARGET_PIECE: usize = 1 << 20;
+/// writeback on the target's CPU. As large as a DATA frame (larger than [`PIECE`]) since each
+/// direct write waits for the device.
+const TARGET_PIECE: usize = wire::MAX_DATA_FRAME as usize;
 
 /// Pieces in flight between the two stages of a side.
 const DEPTH: usize = 8;
