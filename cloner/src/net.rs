@@ -158,8 +158,25 @@ pub struct ReceiveOptions {
     pub idle_timeout: Duration,
 }
 
+/// aws-lc-rs with the AES-128-GCM suites first. Its default puts AES-256-GCM first, which
+/// encrypts ~30 % slower (14 rounds instead of 10; 2.7 against 3.6 GB/s on one core of the
+/// bench machine) and the stream encrypts and decrypts every byte of the volume. Both sides
+/// build their configuration with this provider, so the client offers AES-128 first and the
+/// server (following the client's order) picks it. No suite is removed.
 fn aws_lc_rs() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites.sort_by_key(|suite| !is_aes_128_gcm(suite.suite()));
+    Arc::new(provider)
+}
+
+fn is_aes_128_gcm(suite: rustls::CipherSuite) -> bool {
+    use rustls::CipherSuite as S;
+    matches!(
+        suite,
+        S::TLS13_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    )
 }
 
 /// A TLS server configuration from PEM files (built before listening, so a bad certificate
@@ -475,6 +492,16 @@ mod tests {
         assert!(!token.matches(b"secreT"));
         assert!(!token.matches(b"secret2"));
         assert_eq!(format!("{token:?}"), "Token(<redacted>)");
+    }
+
+    #[test]
+    fn the_provider_offers_aes_128_gcm_first_and_keeps_every_suite() {
+        let default = rustls::crypto::aws_lc_rs::default_provider().cipher_suites;
+        let ours = aws_lc_rs().cipher_suites.clone();
+
+        assert_eq!(ours[0].suite(), rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        assert_eq!(ours.len(), default.len());
+        assert!(default.iter().all(|s| ours.iter().any(|o| o.suite() == s.suite())));
     }
 
     #[test]

@@ -12,13 +12,15 @@
 //!   a writer thread hashes them, writes them into the volume and starts their writeback every
 //!   [`WRITEBACK_BYTES`], so that the final flush does not write the whole clone at once.
 //!
-//! Memory: at most [`DEPTH`] + 2 pieces per side (4 MiB chunks with zero detection).
+//! Memory: at most [`DEPTH`] + 2 pieces per side (source: 4 MiB chunks with zero detection;
+//! target: [`TARGET_PIECE`]s).
 
 use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use disk_formats::WriteAt;
+use disk_formats::convert::direct::AlignedBuf;
 use storage::Volume;
 
 use crate::error::{Error, Result};
@@ -32,6 +34,13 @@ pub(crate) const WRITEBACK_BYTES: u64 = 64 << 20;
 /// Bytes of a DATA frame read, hashed and written at a time: small enough to stay in the
 /// CPU caches between the passes over them.
 const PIECE: usize = 256 << 10;
+
+/// Bytes of a DATA frame the target reads, hashes and writes at a time, in a
+/// [`DIRECT_ALIGN`](disk_formats::convert::direct::DIRECT_ALIGN)-aligned buffer: the volume writes the aligned middle of a piece with
+/// `O_DIRECT` ([`Volume`]'s direct path), which spares a copy into the page cache and its
+/// writeback on the target's CPU. As large as a DATA frame (larger than [`PIECE`]) since each
+/// direct write waits for the device.
+const TARGET_PIECE: usize = wire::MAX_DATA_FRAME as usize;
 
 /// Pieces in flight between the two stages of a side.
 const DEPTH: usize = 8;
@@ -289,8 +298,9 @@ pub(crate) fn read_header(input: &mut impl Read) -> Result<Header> {
 
 /// One thing the target's writer stage does, in stream order.
 enum ToDisk {
-    /// Bytes of a DATA frame at `at` (`frame`: its header, with the frame's first piece).
-    Data { frame: Option<FrameHeader>, at: u64, buf: Vec<u8> },
+    /// The first `len` bytes of `buf`, of a DATA frame at `at` (`frame`: its header, with the
+    /// frame's first piece).
+    Data { frame: Option<FrameHeader>, at: u64, buf: AlignedBuf, len: usize },
     /// A HOLE frame.
     Hole(FrameHeader),
     /// The END frame's digest, as the source computed it.
@@ -305,7 +315,7 @@ enum ToDisk {
 /// digest differs, [`Error::Network`] when the stream stops early.
 pub(crate) fn receive_frames(input: &mut impl Read, header: &Header, volume: &Volume) -> Result<Received> {
     let (tx, rx) = sync_channel::<ToDisk>(DEPTH);
-    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(DEPTH + 2);
+    let (free_tx, free_rx) = sync_channel::<AlignedBuf>(DEPTH + 2);
     std::thread::scope(|scope| {
         let writer = scope.spawn(move || write_frames(volume, &rx, &free_tx));
         let read = read_frames(input, header, &tx, &free_rx);
@@ -330,7 +340,7 @@ fn read_frames(
     input: &mut impl Read,
     header: &Header,
     tx: &SyncSender<ToDisk>,
-    free: &Receiver<Vec<u8>>,
+    free: &Receiver<AlignedBuf>,
 ) -> Result<()> {
     let mut position = 0;
     loop {
@@ -341,14 +351,15 @@ fn read_frames(
             FrameKind::Data => {
                 let end = frame.offset + frame.len;
                 let mut first = Some(frame);
-                for at in (frame.offset..end).step_by(PIECE) {
-                    let n = (end - at).min(PIECE as u64) as usize;
-                    let mut buf = free.try_recv().unwrap_or_default();
-                    buf.resize(n, 0);
-                    input.read_exact(&mut buf).map_err(|e| recv_err(e, at))?;
-                    if tx.send(ToDisk::Data { frame: first.take(), at, buf }).is_err() {
+                let mut at = frame.offset;
+                while at < end {
+                    let len = target_piece_len(at, end);
+                    let mut buf = free.try_recv().unwrap_or_else(|_| AlignedBuf::new(TARGET_PIECE));
+                    input.read_exact(&mut buf[..len]).map_err(|e| recv_err(e, at))?;
+                    if tx.send(ToDisk::Data { frame: first.take(), at, buf, len }).is_err() {
                         return Ok(());
                     }
+                    at += len as u64;
                 }
             }
             FrameKind::Hole => {
@@ -367,12 +378,20 @@ fn read_frames(
     }
 }
 
+/// Bytes of the piece at `at` of a DATA frame ending at `end`: up to the next multiple of
+/// [`TARGET_PIECE`], so that the pieces of a frame at an unaligned offset are aligned from the
+/// second one on (and each piece's aligned middle can be written directly).
+fn target_piece_len(at: u64, end: u64) -> usize {
+    let boundary = (at / TARGET_PIECE as u64 + 1) * TARGET_PIECE as u64;
+    (boundary.min(end) - at) as usize
+}
+
 /// The target's writer stage: hashes and writes what the reader hands on. `Ok(None)` when
 /// the reader stopped before END.
 fn write_frames(
     volume: &Volume,
     rx: &Receiver<ToDisk>,
-    free: &SyncSender<Vec<u8>>,
+    free: &SyncSender<AlignedBuf>,
 ) -> Result<Option<Received>> {
     let dst = volume.path();
     let mut digest = StreamDigest::new();
@@ -381,16 +400,17 @@ fn write_frames(
     let mut unflushed = 0;
     while let Ok(item) = rx.recv() {
         match item {
-            ToDisk::Data { frame, at, buf } => {
+            ToDisk::Data { frame, at, buf, len } => {
                 if let Some(frame) = &frame {
                     digest.frame(frame);
                 }
-                digest.data(&buf);
+                let bytes = &buf[..len];
+                digest.data(bytes);
                 volume
-                    .write_all_at(&buf, at)
-                    .map_err(|e| Error::io(dst, format!("writing {} bytes at offset {at}", buf.len()), e))?;
-                let end = at + buf.len() as u64;
-                data_bytes += buf.len() as u64;
+                    .write_all_at(bytes, at)
+                    .map_err(|e| Error::io(dst, format!("writing {len} bytes at offset {at}"), e))?;
+                let end = at + len as u64;
+                data_bytes += len as u64;
                 if end - unflushed >= WRITEBACK_BYTES {
                     volume.start_writeback(unflushed, end - unflushed);
                     unflushed = end;
@@ -537,6 +557,34 @@ mod tests {
     fn source_file_zero(dir: &std::path::Path, offset: u64, len: u64) {
         let file = File::options().write(true).open(dir.join("src")).expect("open");
         file.write_all_at(&vec![0; len as usize], offset).expect("zero");
+    }
+
+    #[test]
+    fn target_pieces_end_at_multiples_of_the_piece_size() {
+        let piece = TARGET_PIECE as u64;
+
+        assert_eq!(target_piece_len(0, 4 * MIB), TARGET_PIECE);
+        assert_eq!(target_piece_len(4096, 4 * MIB), TARGET_PIECE - 4096);
+        assert_eq!(target_piece_len(piece, piece + 10), 10);
+        assert_eq!(target_piece_len(piece - 1, 3 * piece), 1);
+    }
+
+    #[test]
+    fn a_data_frame_at_an_unaligned_offset_is_received_intact() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("src");
+        let file = File::create(&path).expect("create");
+        file.set_len(8 * MIB).expect("set_len");
+        let data: Vec<u8> = (0..3 * MIB + 5).map(|i| (i % 241) as u8 | 1).collect();
+        file.write_all_at(&data, MIB + 12_345).expect("write");
+        let source = SourceVolume::open(&path).expect("open");
+        let header = Header { size: source.size, allocated: 0 };
+        let mut bytes = Vec::new();
+        send_frames(&source, &mut bytes, true).expect("send");
+
+        receive(dir.path(), &header, &bytes).expect("receive");
+
+        assert_eq!(std::fs::read(dir.path().join("dst")).expect("dst"), std::fs::read(&path).expect("src"));
     }
 
     #[test]

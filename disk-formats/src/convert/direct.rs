@@ -22,14 +22,15 @@ pub const DIRECT_ALIGN: usize = 4096;
 const DIRECT_MIN_BYTES: usize = 64 * 1024;
 
 /// A zero-initialised buffer of `len` bytes whose first byte is [`DIRECT_ALIGN`]-aligned.
-pub(crate) struct AlignedBuf {
+pub struct AlignedBuf {
     vec: Vec<u8>,
     start: usize,
     len: usize,
 }
 
 impl AlignedBuf {
-    pub(crate) fn new(len: usize) -> Self {
+    /// `len` zero bytes, [`DIRECT_ALIGN`]-aligned (merely unaligned if that fails).
+    pub fn new(len: usize) -> Self {
         let vec = vec![0u8; len + DIRECT_ALIGN];
         // `align_offset` may in theory give up (usize::MAX): then the buffer is merely unaligned.
         let start = vec.as_ptr().align_offset(DIRECT_ALIGN);
