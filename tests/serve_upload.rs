@@ -646,3 +646,51 @@ fn our_cli_uploads_a_tar_into_an_existing_archive_datavolume() {
     assert!(stderr.contains("DataVolume default/cli-tree Succeeded"), "{stderr}");
     assert_tree_extracted(&serve, "cli-tree");
 }
+
+#[test]
+fn our_cli_creates_an_archive_datavolume_with_content_type_archive_and_extracts_the_tar() {
+    let (serve, _dir) = start();
+    let path = archive("tree.tar");
+
+    let out = serve.cli(&[
+        "upload",
+        "cli-new-tree",
+        "--content-type",
+        "archive",
+        "--size",
+        VOLUME_SIZE,
+        "--image-path",
+        path.to_str().expect("utf-8"),
+    ]);
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "diskplane upload: {stderr}\n{}", serve.log());
+    assert!(stderr.contains("created DataVolume default/cli-new-tree"), "{stderr}");
+    assert_eq!(dv(&serve, "cli-new-tree")["spec"]["contentType"], "archive");
+    assert_tree_extracted(&serve, "cli-new-tree");
+}
+
+#[test]
+fn our_cli_refuses_an_unknown_content_type() {
+    let (serve, _dir) = start();
+    let path = archive("tree.tar");
+
+    let out =
+        serve.cli(&["upload", "x", "--content-type", "zip", "--image-path", path.to_str().expect("utf-8")]);
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("unknown content type \"zip\""), "{stderr}");
+}
+
+#[test]
+fn upload_archive_for_a_datavolume_that_does_not_exist_gets_404() {
+    let (serve, key, _dir) = start_with_key();
+    let token = key.issue(&Claims::upload("default", "nowhere", unix_now(), DEFAULT_TTL));
+
+    for route in ["/v1beta1/upload-archive", "/v1alpha1/upload-archive", "/v1beta1/upload"] {
+        let (status, body) = curl_upload(&serve, Some(&token), &archive("tree.tar"), route);
+        assert_eq!(status, 404, "{route}: {body}");
+        assert!(body.contains("DataVolume default/nowhere not found"), "{route}: {body}");
+    }
+}

@@ -1,4 +1,5 @@
-//! `diskplane upload NAME --image-path FILE`: like `virtctl image-upload`.
+//! `diskplane upload NAME --image-path FILE`: like `virtctl image-upload`
+//! (`--content-type archive` for a tar extracted into a filesystem volume).
 //!
 //! With `--upload-url URL --token T` the image goes straight to an upload server (e.g.
 //! `diskplane worker upload-server`). Otherwise the embedded API at `--server` is used: the
@@ -15,15 +16,20 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use uploader::Checksum;
-use uploader::client::{ClientOptions, UploadClient, upload_url};
+use uploader::client::{ClientOptions, ContentType, UploadClient, upload_url};
 
 #[derive(Debug, clap::Args)]
 pub struct UploadArgs {
     /// The DataVolume (volume) name.
     name: String,
-    /// The image to upload: raw, ISO or qcow2, optionally gzip/xz/zstd-compressed.
+    /// The image to upload: raw, ISO or qcow2, optionally gzip/xz/zstd-compressed; with
+    /// `--content-type archive` a tar (optionally compressed).
     #[arg(long)]
     image_path: PathBuf,
+    /// What the DataVolume holds: `kubevirt` (a disk image) or `archive` (a tar extracted
+    /// into a filesystem volume, sent to /v1beta1/upload-archive).
+    #[arg(long, default_value = "kubevirt")]
+    content_type: ContentType,
     /// Size of the DataVolume to create (a Kubernetes quantity, e.g. 10Gi).
     #[arg(long)]
     size: Option<String>,
@@ -80,7 +86,7 @@ pub fn run(args: &UploadArgs) -> Result<()> {
     });
 
     if let Some(url) = &args.upload_url {
-        let url = upload_url(url)?;
+        let url = upload_url(url, args.content_type)?;
         let token = args.token.as_deref().context("--upload-url needs --token")?;
         let sent = runtime.block_on(client.upload_file(
             &url,
@@ -101,7 +107,14 @@ pub fn run(args: &UploadArgs) -> Result<()> {
     runtime.block_on(async {
         if !args.no_create
             && client
-                .ensure_datavolume(&server, ns, name, args.size.as_deref(), args.storage_class.as_deref())
+                .ensure_datavolume(
+                    &server,
+                    ns,
+                    name,
+                    args.size.as_deref(),
+                    args.storage_class.as_deref(),
+                    args.content_type,
+                )
                 .await?
         {
             eprintln!("created DataVolume {ns}/{name}");
@@ -111,7 +124,7 @@ pub fn run(args: &UploadArgs) -> Result<()> {
             Some(token) => token.clone(),
             None => client.request_token(&server, ns, name).await?,
         };
-        let url = upload_url(server.as_str())?;
+        let url = upload_url(server.as_str(), args.content_type)?;
         let sent = client
             .upload_file(&url, &token, &args.image_path, checksum.as_ref(), progress, &report_retry)
             .await;

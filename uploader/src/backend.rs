@@ -107,9 +107,13 @@ pub trait UploadBackend: Send + Sync + 'static {
     /// Asked before [`begin`](UploadBackend::begin): `/upload-archive` to a disk volume is a
     /// bad request, and every upload route of an archive volume extracts an archive (CDI's
     /// upload proxy sends them all to the archive route).
-    fn content(&self, claims: &Claims) -> Content {
+    ///
+    /// # Errors
+    /// A [`Refusal`] (e.g. [`Refusal::NotFound`] for a volume that does not exist), so that
+    /// `/upload-archive` to a missing volume is a 404 as every other route, not a 400.
+    fn content(&self, claims: &Claims) -> Result<Content, Refusal> {
         let _ = claims;
-        Content::Disk
+        Ok(Content::Disk)
     }
 
     /// Body bytes received so far for the running upload (called as pieces arrive), and the
@@ -282,8 +286,8 @@ impl UploadBackend for SingleVolumeBackend {
         }
     }
 
-    fn content(&self, _claims: &Claims) -> Content {
-        self.content
+    fn content(&self, _claims: &Claims) -> Result<Content, Refusal> {
+        Ok(self.content)
     }
 
     fn progress(&self, _claims: &Claims, received: u64, _expected: Option<u64>) {

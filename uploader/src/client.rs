@@ -32,6 +32,46 @@ use importer::Checksum;
 /// Bytes read from the file per body chunk.
 const READ_CHUNK_BYTES: usize = 256 << 10;
 
+/// What a DataVolume holds (`spec.contentType`), which decides the upload route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ContentType {
+    /// A disk image (`kubevirt`, the default): `/v1beta1/upload`.
+    #[default]
+    Kubevirt,
+    /// A tar extracted into a filesystem volume (`archive`): `/v1beta1/upload-archive`.
+    Archive,
+}
+
+impl ContentType {
+    /// The `spec.contentType` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentType::Kubevirt => "kubevirt",
+            ContentType::Archive => "archive",
+        }
+    }
+
+    /// The upload route taking this content.
+    pub fn upload_path(self) -> &'static str {
+        match self {
+            ContentType::Kubevirt => "/v1beta1/upload",
+            ContentType::Archive => "/v1beta1/upload-archive",
+        }
+    }
+}
+
+impl std::str::FromStr for ContentType {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "kubevirt" => Ok(ContentType::Kubevirt),
+            "archive" => Ok(ContentType::Archive),
+            other => Err(format!("unknown content type {other:?}: expected kubevirt or archive")),
+        }
+    }
+}
+
 /// Longest back-off between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -174,6 +214,7 @@ impl UploadClient {
         name: &str,
         size: Option<&str>,
         storage_class: Option<&str>,
+        content: ContentType,
     ) -> Result<bool> {
         let collection =
             api_url(server, &format!("apis/cdi.kubevirt.io/v1beta1/namespaces/{namespace}/datavolumes"))?;
@@ -190,7 +231,7 @@ impl UploadClient {
         let size = size.ok_or_else(|| {
             Error::Config(format!("DataVolume {namespace}/{name} does not exist: give --size to create it"))
         })?;
-        let dv = datavolume_manifest(namespace, name, size, storage_class);
+        let dv = datavolume_manifest(namespace, name, size, storage_class, content);
         let response = self
             .http
             .post(collection)
@@ -294,34 +335,45 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|e| Error::Config(format!("starting the I/O runtime: {e}")))
 }
 
-/// The upload route for a user-given URL: a bare server URL (no path) gets `/v1beta1/upload`;
-/// a URL with a path is used as it is.
+/// The upload route for a user-given URL: a bare server URL (no path) gets the route of
+/// `content` (`/v1beta1/upload` or `/v1beta1/upload-archive`); a URL with a path is used as it is.
 ///
 /// # Errors
 /// [`Error::Config`] when `text` is not an http(s) URL.
-pub fn upload_url(text: &str) -> Result<Url> {
+pub fn upload_url(text: &str, content: ContentType) -> Result<Url> {
     let mut url = Url::parse(text).map_err(|e| Error::Config(format!("invalid upload URL {text:?}: {e}")))?;
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(Error::Config(format!("upload URL {text:?} is not http:// or https://")));
     }
     if url.path().is_empty() || url.path() == "/" {
-        url.set_path("/v1beta1/upload");
+        url.set_path(content.upload_path());
     }
     Ok(url)
 }
 
-/// A DataVolume with an upload source, as `virtctl image-upload` creates it.
-pub fn datavolume_manifest(namespace: &str, name: &str, size: &str, storage_class: Option<&str>) -> Value {
+/// A DataVolume with an upload source, as `virtctl image-upload` creates it (`spec.contentType`
+/// only for an archive: `kubevirt` is the default).
+pub fn datavolume_manifest(
+    namespace: &str,
+    name: &str,
+    size: &str,
+    storage_class: Option<&str>,
+    content: ContentType,
+) -> Value {
     let mut storage = json!({ "resources": { "requests": { "storage": size } } });
     if let Some(class) = storage_class {
         storage["storageClassName"] = json!(class);
     }
-    json!({
+    let mut dv = json!({
         "apiVersion": "cdi.kubevirt.io/v1beta1",
         "kind": "DataVolume",
         "metadata": { "name": name, "namespace": namespace },
         "spec": { "source": { "upload": {} }, "storage": storage },
-    })
+    });
+    if content != ContentType::Kubevirt {
+        dv["spec"]["contentType"] = json!(content.as_str());
+    }
+    dv
 }
 
 fn api_url(server: &Url, path: &str) -> Result<Url> {
@@ -375,17 +427,36 @@ mod tests {
 
     #[test]
     fn a_bare_server_url_gets_the_upload_path() {
-        assert_eq!(upload_url("https://h:8443").unwrap().as_str(), "https://h:8443/v1beta1/upload");
-        assert_eq!(upload_url("http://h/v1beta1/upload-async").unwrap().path(), "/v1beta1/upload-async");
-        assert!(upload_url("ftp://h").is_err());
-        assert!(upload_url("not a url").is_err());
+        let disk = ContentType::Kubevirt;
+        assert_eq!(upload_url("https://h:8443", disk).unwrap().as_str(), "https://h:8443/v1beta1/upload");
+        assert_eq!(
+            upload_url("http://h/v1beta1/upload-async", disk).unwrap().path(),
+            "/v1beta1/upload-async"
+        );
+        assert!(upload_url("ftp://h", disk).is_err());
+        assert!(upload_url("not a url", disk).is_err());
+        let archive = ContentType::Archive;
+        assert_eq!(upload_url("http://h:1", archive).unwrap().path(), "/v1beta1/upload-archive");
+        assert_eq!(
+            upload_url("http://h/v1alpha1/upload-archive", archive).unwrap().path(),
+            "/v1alpha1/upload-archive"
+        );
     }
 
     #[test]
     fn the_datavolume_has_an_upload_source_and_the_size() {
-        let dv = datavolume_manifest("ns", "disk", "10Gi", Some("fast"));
+        let dv = datavolume_manifest("ns", "disk", "10Gi", Some("fast"), ContentType::Kubevirt);
         assert_eq!(dv["spec"]["source"]["upload"], json!({}));
+        assert!(dv["spec"].get("contentType").is_none());
         assert_eq!(dv["spec"]["storage"]["resources"]["requests"]["storage"], "10Gi");
         assert_eq!(dv["spec"]["storage"]["storageClassName"], "fast");
+    }
+
+    #[test]
+    fn an_archive_datavolume_says_so_and_unknown_content_types_are_refused() {
+        let dv = datavolume_manifest("ns", "tree", "1Gi", None, "archive".parse().unwrap());
+        assert_eq!(dv["spec"]["contentType"], "archive");
+        let err = "tarball".parse::<ContentType>().unwrap_err();
+        assert!(err.contains("unknown content type \"tarball\""), "{err}");
     }
 }

@@ -166,7 +166,7 @@ fn admit(
     let auth = request.headers().get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
     let claims = state.key.decode(bearer(auth)?, unix_now())?;
     let checksum = checksum_of(request)?;
-    let content = state.backend.content(&claims);
+    let content = state.backend.content(&claims)?;
     if kind.archive && content != Content::Archive {
         return Err(Error::BadRequest(format!(
             "{}/{} takes a disk image (contentType: kubevirt), not an archive: upload it to /v1beta1/upload",

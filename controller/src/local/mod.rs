@@ -199,9 +199,9 @@ impl Driver {
         Ok(object)
     }
 
-    /// UPLOAD HOOK (to be wired to the `uploader` crate): where an upload to the DataVolume
-    /// `namespace/name` writes, and the virtual size it must not exceed. `None` when the
-    /// DataVolume is not waiting for an upload (phase `UploadReady`).
+    /// Where an upload to the DataVolume `namespace/name` writes, and the virtual size it
+    /// must not exceed. `None` when the DataVolume is not waiting for an upload (phase
+    /// `UploadReady`).
     pub fn upload_target(&self, namespace: &str, name: &str) -> Option<(PathBuf, u64)> {
         let dv: DataVolume =
             serde_json::from_value(self.store.get(DATAVOLUMES, namespace, name).ok()??).ok()?;
@@ -213,31 +213,29 @@ impl Driver {
         Some((self.pool.output(namespace, name).ok()?, meta.virtual_size_bytes))
     }
 
-    /// UPLOAD HOOK (to be wired to the `uploader` crate): reports the end of an upload to
-    /// `namespace/name`. On `Ok`, the bytes written to the [`Driver::upload_target`] path are
-    /// committed as the volume's disk (grown to the virtual size, flushed, renamed) and the
-    /// DataVolume becomes `Succeeded`; on `Err`, the failure is recorded like any worker's
-    /// (`retryable` ones return the DataVolume to `UploadReady` after the back-off).
-    /// Returns `false` when no upload was waiting.
+    /// Puts the bytes an upload wrote to the [`Driver::upload_target`] path in place as the
+    /// volume's disk: grown to the virtual size, flushed, renamed and the directory flushed.
+    /// Called before the client gets its answer, so that a synchronous upload is answered
+    /// only once the volume is durable, and a failure here reaches the client.
+    ///
+    /// # Errors
+    /// The pool's failure as one line, or that the DataVolume no longer waits for an upload.
+    pub fn commit_upload(&self, namespace: &str, name: &str) -> Result<(), String> {
+        let (_, size) = self
+            .upload_target(namespace, name)
+            .ok_or_else(|| format!("DataVolume {namespace}/{name} no longer waits for an upload"))?;
+        self.pool.commit(namespace, name, size).map_err(|e| worker::one_line(&e))
+    }
+
+    /// Reports the end of an upload to `namespace/name`. On `Ok` (the disk was put in place
+    /// by [`Driver::commit_upload`], an archive by its extraction) the DataVolume becomes
+    /// `Succeeded`; on `Err` the partial output is removed and the failure recorded like any
+    /// worker's (`retryable` ones return the DataVolume to `UploadReady`). Returns `false`
+    /// when no upload was waiting.
     pub fn upload_finished(&self, namespace: &str, name: &str, result: Result<(), WorkerFailure>) -> bool {
-        let result = match result {
-            Ok(()) => {
-                let size = self.upload_target(namespace, name).map(|(_, size)| size);
-                match size.map(|size| self.pool.commit(namespace, name, size)) {
-                    Some(Ok(())) => Ok(()),
-                    Some(Err(e)) => Err(WorkerFailure {
-                        reason: reason::ERROR.into(),
-                        message: worker::one_line(&e),
-                        retryable: true,
-                    }),
-                    None => return false,
-                }
-            }
-            Err(failure) => {
-                self.pool.discard_output(namespace, name);
-                Err(failure)
-            }
-        };
+        if result.is_err() {
+            self.pool.discard_output(namespace, name);
+        }
         self.workers.finish(namespace, name, result)
     }
 

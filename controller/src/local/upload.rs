@@ -19,8 +19,10 @@
 //! was extracted and the body's checks passed, so a failed upload leaves nothing and can be
 //! retried. `/upload-archive` to a disk DataVolume is a bad request (400).
 //!
-//! The end of an upload goes to [`Driver::upload_finished`]: success commits the partial file
-//! as `disk.img` (an archive is in place already) and the DataVolume becomes `Succeeded`; a
+//! A disk upload's partial file is committed as `disk.img` ([`Driver::commit_upload`]: grown,
+//! flushed, renamed) in [`UploadBackend::commit`], before a synchronous upload is answered (an
+//! archive is in place already). The end of an upload then goes to
+//! [`Driver::upload_finished`]: success makes the DataVolume `Succeeded`; a
 //! failure is a retryable worker
 //! failure (phase stays `UploadReady`, `restartCount` grows, the Running condition carries the
 //! message until the next upload worker starts) and, unlike other workers, uploads are taken
@@ -58,8 +60,6 @@ struct Running {
     received: u64,
     /// The announced body length.
     expected: Option<u64>,
-    /// An archive extracted into `fs/` (nothing to commit at the end).
-    archive: bool,
 }
 
 /// The running uploads, by namespace and name.
@@ -113,12 +113,10 @@ fn is_archive(dv: &DataVolume) -> bool {
 }
 
 impl UploadBackend for DriverUploads {
-    fn content(&self, claims: &Claims) -> Content {
-        // A missing DataVolume is refused by `begin` (404).
-        match upload_datavolume(&self.driver, &claims.namespace, &claims.name) {
-            Ok(dv) if is_archive(&dv) => Content::Archive,
-            _ => Content::Disk,
-        }
+    fn content(&self, claims: &Claims) -> Result<Content, Refusal> {
+        let dv =
+            upload_datavolume(&self.driver, &claims.namespace, &claims.name).map_err(Refusal::NotFound)?;
+        Ok(if is_archive(&dv) { Content::Archive } else { Content::Disk })
     }
 
     fn begin(&self, claims: &Claims) -> Result<UploadTarget, Refusal> {
@@ -155,7 +153,7 @@ impl UploadBackend for DriverUploads {
         let archive = is_archive(&dv);
         // An archive is extracted into `fs/`, which appears by itself once complete.
         let path = if archive { self.driver.pool().filesystem(namespace, name) } else { path };
-        in_flight.insert(key, Running { received: 0, expected: None, archive });
+        in_flight.insert(key, Running { received: 0, expected: None });
         Ok(UploadTarget {
             path,
             max_size,
@@ -171,6 +169,17 @@ impl UploadBackend for DriverUploads {
         }
         // Shown as `status.progress` by the next reconcile (CDI never shows upload progress).
         self.driver.workers().report_progress(&claims.namespace, &claims.name, received, expected);
+    }
+
+    /// A disk upload's partial file becomes `disk.img` (flushed) before the client's answer;
+    /// an archive's `fs/` was renamed into place by its extraction already.
+    fn commit(&self, claims: &Claims, stats: &UploadStats) -> Result<(), uploader::Error> {
+        if stats.archive.is_some() {
+            return Ok(());
+        }
+        self.driver
+            .commit_upload(&claims.namespace, &claims.name)
+            .map_err(|e| uploader::Error::Internal(format!("putting the uploaded disk in place: {e}")))
     }
 
     fn finish(&self, claims: &Claims, result: &Result<UploadStats, uploader::Error>) {
@@ -196,19 +205,12 @@ impl UploadBackend for DriverUploads {
                 })
             }
         };
-        let key = (namespace.to_owned(), name.to_owned());
-        let archive = self.in_flight().get(&key).is_some_and(|r| r.archive);
         // Report first, then free the volume: a new upload must not start between the two.
-        let reported = if archive && outcome.is_ok() {
-            // The extraction renamed `fs/` into place itself: there is no disk to commit.
-            self.driver.workers().finish(namespace, name, outcome)
-        } else {
-            self.driver.upload_finished(namespace, name, outcome)
-        };
+        let reported = self.driver.upload_finished(namespace, name, outcome);
         if !reported {
             eprintln!("diskplane serve: {namespace}/{name}: no upload was waiting for the result");
         }
-        self.in_flight().remove(&key);
+        self.in_flight().remove(&(namespace.to_owned(), name.to_owned()));
     }
 }
 
@@ -287,8 +289,11 @@ mod tests {
         for _ in 0..4 {
             driver.reconcile_all().await.unwrap();
         }
-        assert_eq!(uploads.content(&claims("tree")), Content::Archive);
-        assert_eq!(uploads.content(&claims("disk")), Content::Disk);
+        assert_eq!(uploads.content(&claims("tree")), Ok(Content::Archive));
+        assert_eq!(uploads.content(&claims("disk")), Ok(Content::Disk));
+        assert!(
+            matches!(uploads.content(&claims("missing")), Err(Refusal::NotFound(m)) if m.contains("not found"))
+        );
 
         let target = uploads.begin(&claims("tree")).unwrap();
         assert_eq!(target.path, driver.pool().filesystem("ns", "tree"));
