@@ -10,54 +10,31 @@
 //!
 //! Prints `listening on https://ADDR` on stdout once ready; stops on SIGINT / SIGTERM.
 
-use std::io::Write;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-
 use anyhow::{Context, Result};
 use controller::kube::apiserver::{ApiServerOptions, run as run_apiserver};
-use uploader::token::TokenKey;
+
+use super::https_service::{HttpsServiceArgs, print_listening, runtime, shutdown_signal};
 
 #[derive(Debug, clap::Args)]
 pub struct ApiserverArgs {
-    /// Address to listen on (port 0 picks a free port; see the "listening on" line).
-    #[arg(long, default_value = "0.0.0.0:8443")]
-    listen: SocketAddr,
-    /// PEM certificate chain (leaf first) for the Service the APIService points at
-    /// (DNS name diskplane-apiserver.diskplane.svc).
-    #[arg(long)]
-    tls_cert: PathBuf,
-    /// PEM private key of the certificate.
-    #[arg(long)]
-    tls_key: PathBuf,
-    /// The global upload token key (the file `upload-proxy --token-key` and `controller
-    /// --upload-token-key` read): tokens are signed with the key derived from it for the
-    /// DataVolume.
-    #[arg(long)]
-    token_key: PathBuf,
+    /// Listener (certificate for diskplane-apiserver.diskplane.svc, the Service the APIService
+    /// points at) and the global upload token key: tokens are signed with the key derived from
+    /// it for the DataVolume.
+    #[command(flatten)]
+    service: HttpsServiceArgs,
 }
 
 pub fn run(args: &ApiserverArgs) -> Result<()> {
     // The one rustls crypto provider of the binary (see importer::tls).
     importer::tls::install_crypto_provider();
+    let service = &args.service;
     let options = ApiServerOptions {
-        listen: args.listen,
-        tls_cert: args.tls_cert.clone(),
-        tls_key: args.tls_key.clone(),
-        key: TokenKey::from_file(&args.token_key).map_err(anyhow::Error::msg)?,
+        listen: service.listen,
+        tls_cert: service.tls_cert.clone(),
+        tls_key: service.tls_key.clone(),
+        key: service.token_key()?,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("apiserver")
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    let on_ready = |addr: SocketAddr| {
-        let mut out = std::io::stdout();
-        let _ = writeln!(out, "listening on https://{addr}");
-        let _ = out.flush();
-    };
-    runtime
-        .block_on(run_apiserver(options, on_ready, super::upload_proxy::shutdown_signal()))
+    runtime("apiserver")?
+        .block_on(run_apiserver(options, print_listening, shutdown_signal()))
         .context("serving UploadTokenRequests")
 }

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod crds;
 pub mod delete;
 pub mod get;
+pub mod https_service;
 pub mod import;
 pub mod info;
 pub mod serve;
