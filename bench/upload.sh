@@ -19,6 +19,9 @@
 #   curl     curl -T INPUT (PUT, streamed) to /v1beta1/upload; the sync route answers after the
 #            volume is written, flushed and renamed into place
 #   client   diskplane upload --upload-url --token (our client, same route)
+#   wire     curl -T INPUT to a Python server that reads the body into one reused buffer and
+#            throws it away: the loopback transfer alone, no parsing and no writes. Its ratio
+#            is the best one any upload server could reach on this machine.
 # Columns: median seconds, ratio = convert / upload (>= 0.8 is the target: upload throughput at
 # least 80% of a local conversion), the server's peak RSS (GNU time %M = VmHWM; target <= 64 MiB)
 # and whether the outputs' sha256 match the local conversion.
@@ -57,8 +60,10 @@ fi
 
 tmp="$(mktemp -d)"
 server_pid=""
+sink_pid=""
 cleanup() {
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    [ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null && wait "$sink_pid" 2>/dev/null
     rm -rf "$tmp"
     rm -f "$out"/upload-out-*.raw "$out"/.upload-out-*
 }
@@ -69,6 +74,14 @@ now() { date +%s.%N; }
 elapsed() { awk -v s="$1" -v e="$(now)" 'BEGIN { print e - s }'; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
+# wait_for_output FILE: waits up to 10 s for a starting server to write its address to FILE.
+wait_for_output() {
+    for _ in $(seq 200); do
+        [ -s "$1" ] && return
+        sleep 0.05
+    done
+}
+
 # server_start OUT: starts an upload server for OUT under GNU time; sets server_pid, base.
 server_start() {
     rm -f "$tmp/listen"
@@ -76,10 +89,7 @@ server_start() {
         --name disk --listen 127.0.0.1:0 --token-key "$tmp/key" --scratch-dir "$out" \
         --exit-on-success >"$tmp/listen" &
     server_pid=$!
-    for _ in $(seq 200); do
-        [ -s "$tmp/listen" ] && break
-        sleep 0.05
-    done
+    wait_for_output "$tmp/listen"
     base="$(sed -n 's/^listening on //p' "$tmp/listen")"
     token="$("$DISKPLANE" worker upload-token --token-key "$tmp/key" --name disk)"
 }
@@ -90,6 +100,35 @@ server_wait() {
     server_pid=""
     cat "$tmp/rss"
 }
+
+# The discard server of the `wire` path: answers 200 once Content-Length bytes were read.
+python3 -u - >"$tmp/sink" <<'PY' &
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(1)
+print(s.getsockname()[1])
+buf = memoryview(bytearray(1 << 20))
+while True:
+    c, _ = s.accept()
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += c.recv(65536)
+    head, rest = head.split(b"\r\n\r\n", 1)
+    lines = head.lower().split(b"\r\n")
+    want = next(int(l.split(b":")[1]) for l in lines if l.startswith(b"content-length:"))
+    got = len(rest)
+    while got < want:
+        n = c.recv_into(buf)
+        if n == 0:
+            break
+        got += n
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    c.close()
+PY
+sink_pid=$!
+wait_for_output "$tmp/sink"
+sink="http://127.0.0.1:$(head -1 "$tmp/sink")/"
 
 log "binary $DISKPLANE; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-20s %-8s %9s %9s %7s %10s %s\n' input path seconds convert ratio "peak RSS" sha256
@@ -134,5 +173,15 @@ for input in upload-mixed.raw upload-mixed.qcow2; do
         printf '%-20s %-8s %9.2f %9.2f %7.2f %7d MiB %s\n' "$input" "$path" "$t" "$t_convert" \
             "$(awk -v a="$t_convert" -v b="$t" 'BEGIN { print a / b }')" $((rss_kib / 1024)) "$match"
     done
+    : >"$tmp/t-wire"
+    for ((i = 0; i < runs; i++)); do
+        cat "$out/$input" >/dev/null
+        start=$(now)
+        curl -sS -o /dev/null -H 'Expect:' -T "$out/$input" "$sink"
+        elapsed "$start" >>"$tmp/t-wire"
+    done
+    t=$(median <"$tmp/t-wire")
+    printf '%-20s %-8s %9.2f %9.2f %7.2f %11s %s\n' "$input" wire "$t" "$t_convert" \
+        "$(awk -v a="$t_convert" -v b="$t" 'BEGIN { print a / b }')" - -
 done
 log "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

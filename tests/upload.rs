@@ -884,6 +884,54 @@ fn a_qcow2_with_clusters_in_reverse_guest_order_uploads_like_qemu_img_converts_i
     assert_volume_matches(&server, &dir.join("reversed.qcow2.ref"));
 }
 
+/// The content of reversed.qcow2 written by `qemu-img convert` in the layouts that take
+/// different paths while streaming (plain data routed to the volume as it arrives, the rest
+/// converted from the scratch file): 512-byte and 2 MiB clusters, extended L2 entries with
+/// subclusters, compressed clusters, and preallocated metadata (every L2 table before any
+/// data); each with its reference conversion by qemu-img.
+fn layout_qcow2s() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    const LAYOUTS: [(&str, &[&str]); 5] = [
+        ("clusters-512.qcow2", &["-o", "cluster_size=512"]),
+        ("clusters-2m.qcow2", &["-o", "cluster_size=2M"]),
+        ("extended-l2.qcow2", &["-o", "extended_l2=on,cluster_size=128k"]),
+        ("compressed-layout.qcow2", &["-c"]),
+        ("prealloc-metadata.qcow2", &["-o", "preallocation=metadata"]),
+    ];
+    DIR.get_or_init(|| {
+        common::made_once("upload-images-layouts-v1", |dir| {
+            let raw = reversed_qcow2().join("reversed.qcow2.ref");
+            let raw = raw.to_str().expect("a UTF-8 path");
+            for (name, opts) in LAYOUTS {
+                let mut args = vec!["convert", "-q", "-f", "raw", "-O", "qcow2"];
+                args.extend_from_slice(opts);
+                args.extend([raw, name]);
+                qemu_img(&args, dir);
+                qemu_img(&["convert", "-O", "raw", name, &format!("{name}.ref")], dir);
+            }
+            std::fs::write(dir.join("done"), "").expect("done marker");
+        })
+    })
+}
+
+#[test]
+fn qcow2_layouts_streamed_into_the_volume_match_qemu_img() {
+    let dir = layout_qcow2s();
+    for name in [
+        "clusters-512.qcow2",
+        "clusters-2m.qcow2",
+        "extended-l2.qcow2",
+        "compressed-layout.qcow2",
+        "prealloc-metadata.qcow2",
+    ] {
+        let server = Server::start();
+        let (status, body) =
+            curl_upload(&server, Some(&server.good_token()), &dir.join(name), "/v1beta1/upload");
+        assert_eq!(status, 200, "{name}: {body}");
+        assert_volume_matches(&server, &dir.join(format!("{name}.ref")));
+    }
+}
+
 #[test]
 fn a_qcow2_body_cut_half_way_gets_400_naming_the_bytes_keeps_nothing_and_can_be_retried() {
     let file = reversed_qcow2().join("reversed.qcow2");

@@ -346,12 +346,13 @@ fn copy_bounded(reader: &mut dyn Read, file: &std::fs::File, bound: u64) -> Resu
     }
 }
 
-/// One window on its way to the writer.
-struct Batch {
-    offset: u64,
-    len: usize,
-    buf: AlignedBuf,
-    segments: Vec<Segment>,
+/// One window on its way to the writer: `buf[0]` is guest `offset`; only `segments` are
+/// written (data with zero detection, other kinds as holes or write-zeroes).
+pub(crate) struct Batch {
+    pub(crate) offset: u64,
+    pub(crate) len: usize,
+    pub(crate) buf: AlignedBuf,
+    pub(crate) segments: Vec<Segment>,
 }
 
 /// A segment that was already copied in-kernel: the writer skips it.
@@ -359,18 +360,19 @@ const COPIED: SegmentKind = SegmentKind::Data { host: u64::MAX };
 
 /// Recycles window buffers between producer and writer (at most three are ever allocated).
 /// Buffers are aligned for direct I/O, so a target may write them without a page-cache copy.
-struct Buffers {
+pub(crate) struct Buffers {
     returned: Receiver<AlignedBuf>,
 }
 
 impl Buffers {
-    fn take(&self) -> AlignedBuf {
+    /// A window buffer of [`CONVERT_WINDOW_BYTES`]: one the writer is done with, else a new one.
+    pub(crate) fn take(&self) -> AlignedBuf {
         self.returned.try_recv().unwrap_or_else(|_| AlignedBuf::new(CONVERT_WINDOW_BYTES))
     }
 }
 
 /// Runs `produce` on this thread and the writer on another; returns the first error.
-fn pipeline<F>(
+pub(crate) fn pipeline<F>(
     target: &dyn WriteAt,
     opts: &ConvertOptions,
     copy_src: Option<&std::fs::File>,

@@ -1,12 +1,20 @@
 //! Converting a qcow2 while its body is still arriving.
 //!
-//! A qcow2 needs random access, so its body goes to a scratch file first. When the body's
-//! length is announced (`Content-Length` of a raw body), the converter does not wait for the
-//! last byte: it opens the scratch file through a [`Growing`] reader whose reads block until the
-//! receiver has written past their end (a watermark and a condition variable). qemu-img writes
-//! a qcow2 with its metadata and data in about guest order, so the converter trails the
-//! receiver and finishes shortly after the last byte instead of starting there. An image laid
-//! out in any other order converts just as correctly; its reads only wait longer.
+//! A qcow2 needs random access, so what its body holds besides plain data goes to a scratch
+//! file. When the body's length is announced (`Content-Length` of a raw body), the converter
+//! does not wait for the last byte: it opens the scratch file through a [`Growing`] reader
+//! whose reads block until the receiver has written past their end (a watermark and a
+//! condition variable). qemu-img writes a qcow2 with its metadata and data in about guest
+//! order, so the converter trails the receiver and finishes shortly after the last byte instead
+//! of starting there. An image laid out in any other order converts just as correctly; its
+//! reads only wait longer.
+//!
+//! Into a target that reads zeros where nothing was written (a new file volume), the receiver
+//! also routes the body through `disk_formats::qcow2::stream`: plain data clusters whose L2
+//! entry arrived before them go straight to their guest offset in the volume and never touch
+//! the scratch file (for a qemu-img image that is all of its data: a 1 GiB upload writes 1 GiB
+//! instead of 2 through the page cache). The converter then converts the image *minus* what
+//! was routed (`Residual`), still with every check of the qcow2 engine.
 //!
 //! ## Main types
 //! - [`Growing`]: the gated [`ReadAt`] over the scratch file, fed by the receiver.
@@ -20,7 +28,8 @@
 //! - [`Growing::as_file`] is `None`: no in-kernel copy and no `O_DIRECT` read may touch bytes
 //!   that were not written yet, so data is read through the page cache (where it just landed).
 //! - A body without an announced length (chunked, or a multipart field) keeps the old order:
-//!   receive everything, then convert.
+//!   receive everything, then convert. A block device is not routed into (the residual
+//!   conversion would have to zero around the routed data).
 
 use std::fs::File;
 use std::io;
@@ -30,6 +39,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use disk_formats::convert::{ConvertOptions, ConvertStats, convert_image};
 use disk_formats::io::{ReadAt, WriteAt};
+use disk_formats::qcow2::stream::{self, Residual, Routed, Router};
 use disk_formats::{Format, OpenOptions, open_as};
 use importer::pipe::ChannelReader;
 
@@ -176,11 +186,30 @@ pub(crate) fn convert_while_receiving(
         .into());
     }
     let growing = Arc::new(Growing::new(scratch::create(dir)?, size));
+    // Plain data is routed straight to the target where the residual conversion may leave
+    // the routed ranges alone: a target that reads zeros where nothing was written.
+    let routing = target.unwritten_reads_zero();
+    let routed = Routed::new();
+    let arrived = |end: u64| growing.wait_for(end);
     std::thread::scope(|scope| {
-        let receiver = scope.spawn(|| receive(&growing, head, reader, bound));
+        let receiver = scope.spawn(|| {
+            if routing {
+                stream::route(target, &routed, size, |router| {
+                    receive(&growing, head, reader, bound, Some(router))
+                })
+            } else {
+                receive(&growing, head, reader, bound, None)
+            }
+        });
         let source: Arc<dyn ReadAt> = Arc::clone(&growing) as Arc<dyn ReadAt>;
-        let converted = open_as(source, Format::Qcow2, open)
-            .and_then(|image| convert_image(&*image, target, &ConvertOptions::default()));
+        let converted = open_as(source, Format::Qcow2, open).and_then(|image| {
+            if routing {
+                let residual = Residual::new(image, &routed, &arrived);
+                convert_image(&residual, target, &ConvertOptions::default())
+            } else {
+                convert_image(&*image, target, &ConvertOptions::default())
+            }
+        });
         if converted.is_err() {
             growing.stop();
         }
@@ -190,7 +219,9 @@ pub(crate) fn convert_while_receiving(
         match (received, converted) {
             (Err(e), _) => Err(e),
             (Ok(_), Err(e)) => Err(e.into()),
-            (Ok(true), Ok(stats)) => Ok(stats),
+            (Ok(true), Ok(stats)) => {
+                Ok(ConvertStats { data_bytes: stats.data_bytes + routed.data_bytes(), ..stats })
+            }
             (Ok(false), Ok(_)) => Err(Error::Internal("the scratch writer stopped before the end".into())),
         }
     })
@@ -198,9 +229,15 @@ pub(crate) fn convert_while_receiving(
 
 /// The receiver: writes the body into the growing file and moves its watermark. Returns
 /// whether the whole announced body arrived (false: the converter stopped it).
-fn receive(growing: &Growing, head: &[u8], reader: &mut ChannelReader, bound: u64) -> Result<bool> {
+fn receive(
+    growing: &Growing,
+    head: &[u8],
+    reader: &mut ChannelReader,
+    bound: u64,
+    router: Option<&mut Router<'_>>,
+) -> Result<bool> {
     let size = growing.size;
-    let filled = scratch::fill(growing.file(), head, reader, bound, &mut |written| {
+    let filled = scratch::fill(growing.file(), head, reader, bound, router, &mut |written| {
         growing.advance(written);
         written <= size && !growing.is_stopped()
     });
@@ -353,7 +390,7 @@ mod tests {
         let body = pattern(300_000);
         let g = growing(body.len() as u64);
         let mut whole = channel(vec![body[1000..].to_vec()], true);
-        assert!(receive(&g, &body[..1000], &mut whole, 1 << 20).unwrap());
+        assert!(receive(&g, &body[..1000], &mut whole, 1 << 20, None).unwrap());
         let mut got = vec![0u8; body.len()];
         g.read_exact_at(&mut got, 0).unwrap();
         assert_eq!(got, body);
@@ -361,7 +398,7 @@ mod tests {
         let g = growing(body.len() as u64);
         let waiting = read_in_thread(&g, 200_000, 1000);
         let mut broken = channel(vec![body[1000..100_000].to_vec()], false);
-        let err = receive(&g, &body[..1000], &mut broken, 1 << 20).unwrap_err();
+        let err = receive(&g, &body[..1000], &mut broken, 1 << 20, None).unwrap_err();
         assert!(err.one_line().contains("stopped before its end"), "{err}");
         let read = waiting.recv().unwrap().unwrap_err().to_string();
         assert!(read.contains("after 100000 of 300000 bytes"), "{read}");
@@ -370,11 +407,11 @@ mod tests {
     #[test]
     fn a_short_or_long_body_is_not_taken_for_the_announced_one() {
         let g = growing(5000);
-        let err = receive(&g, b"head", &mut channel(vec![vec![1; 100]], true), 1 << 20).unwrap_err();
+        let err = receive(&g, b"head", &mut channel(vec![vec![1; 100]], true), 1 << 20, None).unwrap_err();
         assert!(matches!(err, Error::Truncated { received: 104, .. }), "{err}");
 
         let g = growing(50);
-        let err = receive(&g, b"head", &mut channel(vec![vec![1; 100]], true), 1 << 20).unwrap_err();
+        let err = receive(&g, b"head", &mut channel(vec![vec![1; 100]], true), 1 << 20, None).unwrap_err();
         assert!(err.to_string().contains("more than the 50 bytes announced"), "{err}");
     }
 
@@ -383,7 +420,7 @@ mod tests {
         let g = growing(1 << 20);
         g.stop();
         let mut body = channel(vec![vec![1; 1000]], false);
-        assert!(!receive(&g, b"head", &mut body, 1 << 20).unwrap());
+        assert!(!receive(&g, b"head", &mut body, 1 << 20, None).unwrap());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::path::Path;
 
 use disk_formats::OpenOptions;
 use disk_formats::convert::is_zero;
+use disk_formats::qcow2::stream::Router;
 use importer::pipe::ChannelReader;
 
 use crate::error::Result;
@@ -51,7 +52,7 @@ pub(crate) fn bound(head: &[u8], open: &OpenOptions) -> u64 {
 /// errors of the scratch file.
 pub(crate) fn write(head: &[u8], reader: &mut ChannelReader, dir: &Path, bound: u64) -> Result<File> {
     let file = create(dir)?;
-    fill(&file, head, reader, bound, &mut |_| true)?;
+    fill(&file, head, reader, bound, None, &mut |_| true)?;
     Ok(file)
 }
 
@@ -66,7 +67,8 @@ pub(crate) fn create(dir: &Path) -> Result<File> {
 }
 
 /// Writes `head` and then the rest of `reader` (up to its end marker) into `file` from offset
-/// 0, at most `bound` bytes. After each piece, `written` is called with the bytes written so
+/// 0, at most `bound` bytes; with a `router`, every byte passes through it first and only what
+/// it does not route is written (routed data leaves holes). After each piece, `written` is called with the bytes written so
 /// far (everything below is on the file or a hole that reads as zeros once the file is sized);
 /// when it returns false the fill stops there and returns `None`. Otherwise returns the
 /// length, to which the file is sized at the end.
@@ -78,17 +80,18 @@ pub(crate) fn fill(
     head: &[u8],
     reader: &mut ChannelReader,
     bound: u64,
+    mut router: Option<&mut Router<'_>>,
     written: &mut dyn FnMut(u64) -> bool,
 ) -> Result<Option<u64>> {
     let mut at = 0u64;
-    put(file, head, &mut at, bound)?;
+    put(file, head, &mut at, bound, router.as_deref_mut())?;
     if !written(at) {
         return Ok(None);
     }
     while let Some(piece) =
         reader.next_bytes().map_err(|e| disk_formats::Error::io("reading the upload", e))?
     {
-        put(file, &piece, &mut at, bound)?;
+        put(file, &piece, &mut at, bound, router.as_deref_mut())?;
         if !written(at) {
             return Ok(None);
         }
@@ -97,8 +100,9 @@ pub(crate) fn fill(
     Ok(Some(at))
 }
 
-/// Writes `data` at `*at` (sparsely) and moves `*at` past it; refuses to pass `bound`.
-fn put(file: &File, data: &[u8], at: &mut u64, bound: u64) -> Result<()> {
+/// Writes `data` at `*at` (sparsely, or what `router` leaves of it) and moves `*at` past it;
+/// refuses to pass `bound`.
+fn put(file: &File, data: &[u8], at: &mut u64, bound: u64, router: Option<&mut Router<'_>>) -> Result<()> {
     let end = at.saturating_add(data.len() as u64);
     if end > bound {
         return Err(disk_formats::Error::too_large(format!(
@@ -106,7 +110,13 @@ fn put(file: &File, data: &[u8], at: &mut u64, bound: u64) -> Result<()> {
         ))
         .into());
     }
-    write_sparse(file, data, *at).map_err(|e| disk_formats::Error::io("writing the scratch file", e))?;
+    match router {
+        Some(router) => router.route(data, &mut |offset, part| write_sparse(file, part, offset))?,
+        None => {
+            write_sparse(file, data, *at)
+                .map_err(|e| disk_formats::Error::io("writing the scratch file", e))?;
+        }
+    }
     *at = end;
     Ok(())
 }

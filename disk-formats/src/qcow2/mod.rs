@@ -36,6 +36,7 @@ mod compressed;
 mod header;
 mod layout;
 mod snapshot;
+pub mod stream;
 mod table;
 
 #[cfg(test)]
