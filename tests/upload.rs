@@ -932,6 +932,71 @@ fn qcow2_layouts_streamed_into_the_volume_match_qemu_img() {
     }
 }
 
+/// A sparse raw disk of 24 MiB: data in 16 places (whole MiB, a partial cluster, a byte),
+/// holes elsewhere, written by the file system as such.
+fn sparse_raw(dir: &Path) -> PathBuf {
+    let path = dir.join("sparse.raw");
+    let file = std::fs::File::create(&path).expect("sparse.raw");
+    file.set_len(24 << 20).expect("size");
+    for i in 0..16u64 {
+        let offset = i * (3 << 19) + i * 4096;
+        let len = if i % 5 == 0 { 1 << 20 } else { 12_345 };
+        std::os::unix::fs::FileExt::write_all_at(&file, &vec![0x30 + i as u8; len], offset).expect("write");
+    }
+    path
+}
+
+#[test]
+fn our_client_sends_a_sparse_raw_image_as_a_qcow2_of_its_data_and_the_volume_is_the_file() {
+    let dir = tempfile::tempdir().expect("dir");
+    let raw = sparse_raw(dir.path());
+    for (extra, sparse) in [(&[][..], true), (&["--no-sparse"][..], false)] {
+        let server = Server::start();
+
+        let out = our_upload(&server.base, &server.good_token(), &raw, extra);
+
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{extra:?}: {stderr}");
+        assert_eq!(stderr.contains("as a qcow2 of its data"), sparse, "{extra:?}: {stderr}");
+        assert_volume_matches(&server, &raw);
+    }
+}
+
+#[test]
+fn the_qcow2_our_client_sends_passes_qemu_img_check_and_equals_the_raw_disk() {
+    let dir = tempfile::tempdir().expect("dir");
+    let raw_path = sparse_raw(dir.path());
+    let raw = std::fs::File::open(&raw_path).expect("open");
+    let mut extents = Vec::new();
+    let mut at = 0;
+    while let Some((start, len)) = storage::next_data(&raw, at).expect("SEEK_DATA") {
+        extents.push((start, len));
+        at = start + len;
+    }
+    assert!(extents.len() >= 16, "the file system keeps the holes: {extents:?}");
+    let encoder = disk_formats::qcow2::encode::Encoder::new(24 << 20, &extents).expect("planned");
+    let mut stream = std::fs::File::create(dir.path().join("sent.qcow2")).expect("create");
+
+    encoder.write(&raw, &mut |chunk| std::io::Write::write_all(&mut stream, chunk)).expect("encoded");
+
+    let check = Command::new("qemu-img")
+        .args(["check", "-f", "qcow2", "sent.qcow2"])
+        .current_dir(dir.path())
+        .output()
+        .expect("qemu-img check");
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "qemu-img check: {report}{}", String::from_utf8_lossy(&check.stderr));
+    assert!(report.contains("No errors were found on the image."), "{report}");
+    let compare = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2", "sparse.raw", "sent.qcow2"])
+        .current_dir(dir.path())
+        .output()
+        .expect("qemu-img compare");
+    let said = String::from_utf8_lossy(&compare.stdout);
+    assert!(compare.status.success() && said.contains("Images are identical."), "{said}");
+    assert!(encoder.stream_len() < 16 << 20, "only the data is sent: {} bytes", encoder.stream_len());
+}
+
 #[test]
 fn a_qcow2_body_cut_half_way_gets_400_naming_the_bytes_keeps_nothing_and_can_be_retried() {
     let file = reversed_qcow2().join("reversed.qcow2");

@@ -58,9 +58,13 @@ pub struct UploadArgs {
     /// Do not verify the server's TLS certificate.
     #[arg(long)]
     insecure: bool,
-    /// Send the image's SHA-256 so the server verifies it end to end (reads the file twice).
+    /// Send the image's SHA-256 so the server verifies it end to end (reads the file twice;
+    /// the file is then sent as it is).
     #[arg(long)]
     checksum: bool,
+    /// Send a raw image with holes as it is, zeros included, instead of as a qcow2 of its data.
+    #[arg(long)]
+    no_sparse: bool,
     /// Retries after a dropped connection or a 503 answer.
     #[arg(long, default_value_t = ClientOptions::default().retries)]
     retries: u32,
@@ -74,6 +78,7 @@ pub fn run(args: &UploadArgs) -> Result<()> {
         ca_cert: args.ca_cert.clone(),
         insecure: args.insecure,
         retries: args.retries,
+        sparse: !args.no_sparse && args.content_type == ContentType::Kubevirt,
         ..ClientOptions::default()
     })?;
     let checksum = if args.checksum { Some(Checksum::of_file(&args.image_path)?) } else { None };
@@ -97,7 +102,8 @@ pub fn run(args: &UploadArgs) -> Result<()> {
             &report_retry,
         ));
         bar.finish_and_clear();
-        sent.with_context(|| format!("uploading {}", args.image_path.display()))?;
+        let sent = sent.with_context(|| format!("uploading {}", args.image_path.display()))?;
+        report_sent(&args.image_path, sent);
         eprintln!("uploaded {} to {url}", args.image_path.display());
         return Ok(());
     }
@@ -129,7 +135,7 @@ pub fn run(args: &UploadArgs) -> Result<()> {
             .upload_file(&url, &token, &args.image_path, checksum.as_ref(), progress, &report_retry)
             .await;
         bar.finish_and_clear();
-        sent?;
+        report_sent(&args.image_path, sent?);
         eprintln!("uploaded {}; waiting for DataVolume {ns}/{name}", args.image_path.display());
         let timeout = Duration::from_secs(args.wait_timeout_secs);
         client.wait_datavolume(&server, ns, name, Duration::from_secs(1), timeout).await?;
@@ -137,6 +143,18 @@ pub fn run(args: &UploadArgs) -> Result<()> {
     })?;
     eprintln!("DataVolume {ns}/{name} Succeeded");
     Ok(())
+}
+
+/// Says when the image went as a qcow2 of its data (a raw image with holes).
+fn report_sent(path: &std::path::Path, sent: uploader::client::Sent) {
+    if sent.as_qcow2 {
+        eprintln!(
+            "sent {} as a qcow2 of its data: {} of its {} bytes (--no-sparse sends it as it is)",
+            path.display(),
+            sent.bytes,
+            sent.file_size
+        );
+    }
 }
 
 /// How long a DataVolume may take to become `UploadReady` (its volume is created first).

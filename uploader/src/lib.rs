@@ -15,7 +15,8 @@
 //! - [`proxy::router`]: the cluster's upload proxy (`diskplane upload-proxy`): verifies a
 //!   token with the DataVolume's derived key ([`token::TokenKey::derive`]) and streams the
 //!   upload to the DataVolume's upload Pod.
-//! - [`client`] sends an image (streaming, with progress and retries) and drives the embedded
+//! - [`client`] sends an image (streaming, with progress and retries; a raw image with holes
+//!   as a qcow2 of its data, `disk_formats::qcow2::encode`) and drives the embedded
 //!   API's DataVolume / UploadTokenRequest flow.
 //! - [`Error`]: one enum; [`Error::kind`] maps to `disk_formats::ErrorKind`, [`Error::status`]
 //!   to CDI's HTTP statuses.

@@ -33,6 +33,7 @@
 
 mod cache;
 mod compressed;
+pub mod encode;
 mod header;
 mod layout;
 mod snapshot;
