@@ -27,7 +27,6 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 pub use reqwest::Url;
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt;
 
 use crate::error::{Error, Result};
 use importer::Checksum;
@@ -234,6 +233,7 @@ impl UploadClient {
             }
             None => {
                 progress(0, file_size);
+                let file = file.into_std().await;
                 (reqwest::Body::wrap_stream(file_stream(file, file_size, progress)), file_size, false)
             }
         };
@@ -509,27 +509,42 @@ fn encoded_stream(
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
 
+/// The file's bytes, read by a thread of its own with positional reads into buffers of
+/// [`READ_CHUNK_BYTES`] (below the allocator's mmap threshold, so they are reused) and handed
+/// over through a small channel; a read error, or a file shorter than announced, ends the body
+/// with an error.
 fn file_stream(
-    file: tokio::fs::File,
+    file: std::fs::File,
     size: u64,
     progress: Arc<ProgressFn>,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    futures_util::stream::unfold((file, 0u64), move |(mut file, sent)| {
-        let progress = Arc::clone(&progress);
-        async move {
-            let mut buf = vec![0u8; READ_CHUNK_BYTES];
-            match file.read(&mut buf).await {
-                Ok(0) => None,
+    use std::os::unix::fs::FileExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
+    std::thread::spawn(move || {
+        let mut sent = 0u64;
+        while sent < size {
+            let mut buf = vec![0u8; READ_CHUNK_BYTES.min(usize::try_from(size - sent).unwrap_or(usize::MAX))];
+            let item = match file.read_at(&mut buf, sent) {
+                Ok(0) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the file ended after {sent} of {size} bytes"),
+                )),
                 Ok(n) => {
                     buf.truncate(n);
-                    let sent = sent + n as u64;
+                    sent += n as u64;
                     progress(sent, size);
-                    Some((Ok(Bytes::from(buf)), (file, sent)))
+                    Ok(Bytes::from(buf))
                 }
-                Err(e) => Some((Err(e), (file, sent))),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = item.is_err();
+            if tx.blocking_send(item).is_err() || failed {
+                return;
             }
         }
-    })
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
 
 #[cfg(test)]
