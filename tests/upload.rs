@@ -96,19 +96,19 @@ impl Server {
     }
 
     fn start_with(extra: &[&str]) -> Self {
+        Self::launch(VOLUME_SIZE, extra)
+    }
+
+    /// A server whose volume takes `size` (`K`, `M`, `G` or `T` suffix, as the worker takes it).
+    fn start_sized(size: &str) -> Self {
+        Self::launch(size, &[])
+    }
+
+    fn launch(size: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("key"), b"a test key of thirty-two bytes!!").expect("key");
         let mut child = diskplane()
-            .args([
-                "worker",
-                "upload-server",
-                "--name",
-                "disk",
-                "--size",
-                VOLUME_SIZE,
-                "--listen",
-                "127.0.0.1:0",
-            ])
+            .args(["worker", "upload-server", "--name", "disk", "--size", size, "--listen", "127.0.0.1:0"])
             .arg("--volume")
             .arg(dir.path().join("disk.img"))
             .arg("--token-key")
@@ -130,6 +130,15 @@ impl Server {
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The server's peak resident memory so far (VmHWM), in bytes.
+    fn peak_rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc status");
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM line");
+        let kib: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmHWM value");
+        kib << 10
     }
 
     fn port(&self) -> u16 {
@@ -995,6 +1004,54 @@ fn the_qcow2_our_client_sends_passes_qemu_img_check_and_equals_the_raw_disk() {
     let said = String::from_utf8_lossy(&compare.stdout);
     assert!(compare.status.success() && said.contains("Images are identical."), "{said}");
     assert!(encoder.stream_len() < 16 << 20, "only the data is sent: {} bytes", encoder.stream_len());
+}
+
+/// Large inputs for the memory test: a 1 GiB raw disk that is mostly holes (1 GiB on the wire
+/// all the same) and a qcow2 holding 512 MiB of data, written in guest order by qemu-io (the
+/// layout whose data is routed straight to the volume); each with its qemu-img conversion.
+fn large_images() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        common::made_once("upload-images-large-v1", |dir| {
+            let raw = std::fs::File::create(dir.join("large.raw")).expect("large.raw");
+            raw.set_len(1 << 30).expect("size");
+            for mib in (0..1024u64).step_by(64) {
+                std::os::unix::fs::FileExt::write_all_at(&raw, &vec![mib as u8 | 1; 1 << 20], mib << 20)
+                    .expect("write");
+            }
+            qemu_img(&["create", "-q", "-f", "qcow2", "large.qcow2", "1G"], dir);
+            let mut io = Command::new("qemu-io");
+            io.current_dir(dir).args(["-f", "qcow2"]);
+            for mib in (0..1024u64).step_by(8) {
+                io.arg("-c").arg(format!("write -P {} {}M 4M", 0x10 + (mib / 8) % 200, mib));
+            }
+            let out = io.arg("large.qcow2").output().expect("running qemu-io");
+            assert!(out.status.success(), "qemu-io: {}", String::from_utf8_lossy(&out.stderr));
+            qemu_img(&["convert", "-O", "raw", "large.qcow2", "large.qcow2.ref"], dir);
+            std::fs::write(dir.join("done"), "").expect("done marker");
+        })
+    })
+}
+
+#[test]
+fn the_server_s_memory_stays_bounded_for_a_large_raw_and_a_large_qcow2() {
+    // The bound for the upload server during an upload.
+    const BOUND: u64 = 64 << 20;
+    let dir = large_images();
+    for (name, reference) in [("large.raw", "large.raw"), ("large.qcow2", "large.qcow2.ref")] {
+        let server = Server::start_sized("1G");
+        let auth = format!("Authorization: Bearer {}", server.good_token());
+        let file = dir.join(name);
+        let file = file.to_str().expect("a UTF-8 path");
+
+        // -T streams the file (--data-binary would read all of it into curl's memory first).
+        let (status, body) = curl(&["-H", &auth, "-T", file, &server.url("/v1beta1/upload")]);
+
+        assert_eq!(status, 200, "{name}: {body}");
+        let peak = server.peak_rss();
+        assert!(peak < BOUND, "{name}: the server's peak RSS is {} MiB", peak >> 20);
+        assert_volume_matches(&server, &dir.join(reference));
+    }
 }
 
 #[test]
