@@ -471,7 +471,8 @@ impl Tables {
             let placed = host.is_multiple_of(cluster_size)
                 && host >= pos
                 && host.checked_add(cluster_size).is_some_and(|end| end <= self.file_size)
-                && !self.overlaps_metadata(host, cluster_size);
+                && !self.overlaps_metadata(host, cluster_size)
+                && !self.overlaps_pending(host, cluster_size);
             if !placed || self.expected.insert(host, guest).is_some() {
                 // Left to the engine: it checks the placement itself, and a table named twice
                 // is read from the scratch file.
@@ -515,8 +516,12 @@ impl Tables {
     }
 
     /// Records a pending data run; false when it overlaps one already pending (a host cluster
-    /// used twice). Beyond [`MAX_PENDING_RUNS`] the run is left to the scratch file.
+    /// used twice) or an L2 table still to come (routing it would keep the table's bytes from
+    /// the engine). Beyond [`MAX_PENDING_RUNS`] the run is left to the scratch file.
     fn add_pending(&mut self, host: u64, guest: u64, len: u64) -> bool {
+        if self.overlaps_table(host, len) {
+            return false;
+        }
         if let Some((&start, run)) = self.pending.range_mut(..=host).next_back() {
             if start + run.len > host {
                 return false;
@@ -533,6 +538,21 @@ impl Tables {
             self.pending.insert(host, Run { guest, len });
         }
         true
+    }
+
+    /// Whether `[host, host + len)` overlaps an L2 table that is expected or arriving.
+    fn overlaps_table(&self, host: u64, len: u64) -> bool {
+        let cluster_size = self.geo.cluster_size();
+        let end = host.saturating_add(len);
+        let overlaps = |table: u64| table < end && host < table + cluster_size;
+        self.current.as_ref().is_some_and(|(table, _, _)| overlaps(*table))
+            || self.expected.range(..end).next_back().is_some_and(|(&table, _)| overlaps(table))
+    }
+
+    /// Whether `[host, host + len)` overlaps a pending data run.
+    fn overlaps_pending(&self, host: u64, len: u64) -> bool {
+        let end = host.saturating_add(len);
+        self.pending.range(..end).next_back().is_some_and(|(&start, run)| start + run.len > host)
     }
 
     fn overlaps_metadata(&self, host: u64, len: u64) -> bool {

@@ -240,6 +240,26 @@ fn a_host_cluster_claimed_again_after_it_was_routed_is_refused_as_corrupt() {
 }
 
 #[test]
+fn a_data_cluster_that_is_also_an_l2_table_stops_the_router_so_the_table_reaches_the_engine() {
+    // 512-byte clusters: guest cluster 100 has an L2 table of its own. Guest cluster 1 claims
+    // that table's host cluster as its data (a hostile overlap the engine does not refuse):
+    // routing it would keep the table's bytes out of the scratch file, and the engine would
+    // read the table as zeros.
+    let mut b = Builder::new(9, MIB);
+    b.data(0, 0x11);
+    let later = b.data(100, 0x22);
+    let table = later - b.cluster_size(); // allocated just before its first data cluster
+    // An entry of that table the router leaves to the engine: it needs the table's bytes.
+    b.compressed(101, &super::super::compressed::tests::deflate(&fill_pattern(4, 512)));
+    b.entry(1, COPIED | table, 0);
+    let image = b.build();
+
+    let routed = assert_streams_like_the_engine(&image, MIB);
+
+    assert!(routed.iter().all(|&r| r == 0), "routed despite the overlap: {routed:?}");
+}
+
+#[test]
 fn a_data_cluster_inside_the_refcount_table_is_refused_as_the_engine_refuses_it() {
     let mut b = Builder::new(16, 2 * MIB);
     b.data(0, 0x01);
