@@ -22,7 +22,7 @@ for tool in qemu-img qemu-io gzip xz zstd; do
     command -v "$tool" >/dev/null || { echo "seed.sh: $tool not found (apt-get install qemu-utils gzip xz-utils zstd)" >&2; exit 1; }
 done
 
-mkdir -p "$corpus"/{probe,qcow2_open,decompress_gzip,decompress_xz,decompress_zstd}
+mkdir -p "$corpus"/{probe,qcow2_open,qcow2_stream,decompress_gzip,decompress_xz,decompress_zstd}
 
 # qemu-io commands writing every kind of cluster: data, explicit zeros, compressed, a partial
 # cluster, and data near the end of the disk.
@@ -34,7 +34,7 @@ qio_data=(
     -c 'write -P 0x44 60k 4k'
 )
 
-# make NAME SIZE CREATE_OPTIONS [qemu-io commands...]: a qcow2 seed for qcow2_open.
+# make NAME SIZE CREATE_OPTIONS [qemu-io commands...]: a qcow2 seed for qcow2_open and qcow2_stream.
 make_qcow2() {
     local name="$1" size="$2" opts="$3"
     shift 3
@@ -44,6 +44,7 @@ make_qcow2() {
         qemu-io -f qcow2 "$@" "$img" >/dev/null
     fi
     cp "$img" "$corpus/qcow2_open/$name.qcow2"
+    cp "$img" "$corpus/qcow2_stream/$name.qcow2"
 }
 
 make_qcow2 v2-empty 64k compat=0.10,cluster_size=512
