@@ -33,6 +33,11 @@
 //!   conversion leaves routed ranges alone, and a block device would need them zeroed.
 //! - [`Residual::map`] waits (through the caller's `arrived`) until the data it maps has
 //!   passed the router, so that the record of routed runs is final for it.
+//! - Past [`MAX_PENDING_RUNS`] data runs waiting for their bytes, further runs are not
+//!   remembered (they go to the scratch file), and a host cluster claimed twice is then no
+//!   longer seen as such: if the later claim is routed, the image is refused as corrupt where
+//!   the engine alone would read the cluster twice. Only a hostile layout gets there; nothing
+//!   wrong is written.
 
 use std::collections::BTreeMap;
 use std::io;
