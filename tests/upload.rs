@@ -893,6 +893,15 @@ fn a_qcow2_with_clusters_in_reverse_guest_order_uploads_like_qemu_img_converts_i
     assert_volume_matches(&server, &dir.join("reversed.qcow2.ref"));
 }
 
+/// The qcow2 layouts of [`layout_qcow2s`]: file name and `qemu-img convert` options.
+const LAYOUTS: [(&str, &[&str]); 5] = [
+    ("clusters-512.qcow2", &["-o", "cluster_size=512"]),
+    ("clusters-2m.qcow2", &["-o", "cluster_size=2M"]),
+    ("extended-l2.qcow2", &["-o", "extended_l2=on,cluster_size=128k"]),
+    ("compressed-layout.qcow2", &["-c"]),
+    ("prealloc-metadata.qcow2", &["-o", "preallocation=metadata"]),
+];
+
 /// The content of reversed.qcow2 written by `qemu-img convert` in the layouts that take
 /// different paths while streaming (plain data routed to the volume as it arrives, the rest
 /// converted from the scratch file): 512-byte and 2 MiB clusters, extended L2 entries with
@@ -900,13 +909,6 @@ fn a_qcow2_with_clusters_in_reverse_guest_order_uploads_like_qemu_img_converts_i
 /// data); each with its reference conversion by qemu-img.
 fn layout_qcow2s() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    const LAYOUTS: [(&str, &[&str]); 5] = [
-        ("clusters-512.qcow2", &["-o", "cluster_size=512"]),
-        ("clusters-2m.qcow2", &["-o", "cluster_size=2M"]),
-        ("extended-l2.qcow2", &["-o", "extended_l2=on,cluster_size=128k"]),
-        ("compressed-layout.qcow2", &["-c"]),
-        ("prealloc-metadata.qcow2", &["-o", "preallocation=metadata"]),
-    ];
     DIR.get_or_init(|| {
         common::made_once("upload-images-layouts-v1", |dir| {
             let raw = reversed_qcow2().join("reversed.qcow2.ref");
@@ -926,13 +928,7 @@ fn layout_qcow2s() -> &'static Path {
 #[test]
 fn qcow2_layouts_streamed_into_the_volume_match_qemu_img() {
     let dir = layout_qcow2s();
-    for name in [
-        "clusters-512.qcow2",
-        "clusters-2m.qcow2",
-        "extended-l2.qcow2",
-        "compressed-layout.qcow2",
-        "prealloc-metadata.qcow2",
-    ] {
+    for (name, _) in LAYOUTS {
         let server = Server::start();
         let (status, body) =
             curl_upload(&server, Some(&server.good_token()), &dir.join(name), "/v1beta1/upload");

@@ -724,7 +724,7 @@ pub fn is_zero(buf: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Mutex;
 
     use super::*;
@@ -732,8 +732,9 @@ mod tests {
     use crate::image::ImageInfo;
     use crate::io::ReadAt;
 
-    /// An in-memory target that records what was written and zeroed.
-    struct MemTarget {
+    /// An in-memory target that records what was written and zeroed (also used by the qcow2
+    /// stream and encoder tests).
+    pub(crate) struct MemTarget {
         data: Mutex<Vec<u8>>,
         zeroed: bool,
         writes: Mutex<Vec<(u64, u64)>>,
@@ -741,7 +742,7 @@ mod tests {
     }
 
     impl MemTarget {
-        fn new(capacity: usize, zeroed: bool) -> Self {
+        pub(crate) fn new(capacity: usize, zeroed: bool) -> Self {
             // A target that does not read back zeros starts out full of garbage.
             let fill = if zeroed { 0 } else { 0xee };
             Self {
@@ -752,7 +753,7 @@ mod tests {
             }
         }
 
-        fn bytes(&self) -> Vec<u8> {
+        pub(crate) fn bytes(&self) -> Vec<u8> {
             self.data.lock().unwrap().clone()
         }
     }

@@ -447,7 +447,6 @@ async fn check(response: reqwest::Response) -> Result<String> {
     Err(Error::Status { status: status.as_u16(), message: message.to_owned() })
 }
 
-/// The file as a stream of chunks, reporting progress as they are handed to the connection.
 /// The qcow2 encoder for `file` (of `size` bytes) when sending its data only pays: a raw image
 /// (by its first bytes: not a compressed stream, not another format) of whole 512-byte sectors
 /// whose holes (as the file system reports them) make up at least 1/16 of it. `None` otherwise.
@@ -484,16 +483,27 @@ fn sparse_plan(
     Ok((encoder.stream_len() < size).then_some((encoder, file)))
 }
 
-/// The qcow2 stream of `encoder` over the raw `file`, written by a blocking thread into a small
-/// channel (≈ 8 MiB in flight); a read error ends the body with it.
+/// A request body produced by `produce` on a thread of its own, through a small channel
+/// (8 chunks in flight). `produce` gets the sender: a failed send means the request is gone.
+fn thread_body(
+    produce: impl FnOnce(&BodySender) + Send + 'static,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
+    std::thread::spawn(move || produce(&tx));
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+}
+
+type BodySender = tokio::sync::mpsc::Sender<std::io::Result<Bytes>>;
+
+/// The qcow2 stream of `encoder` over the raw `file` ([`thread_body`]); a read error ends the
+/// body with it.
 fn encoded_stream(
     encoder: disk_formats::qcow2::encode::Encoder,
     file: std::fs::File,
     progress: Arc<ProgressFn>,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
-    let total = encoder.stream_len();
-    std::thread::spawn(move || {
+    thread_body(move |tx| {
+        let total = encoder.stream_len();
         let mut sent = 0u64;
         let written = encoder.write(&file, &mut |chunk| {
             sent += chunk.len() as u64;
@@ -505,22 +515,19 @@ fn encoded_stream(
             // Nobody listens any more when the request itself failed: nothing to report then.
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
-    });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    })
 }
 
-/// The file's bytes, read by a thread of its own with positional reads into buffers of
-/// [`READ_CHUNK_BYTES`] (below the allocator's mmap threshold, so they are reused) and handed
-/// over through a small channel; a read error, or a file shorter than announced, ends the body
-/// with an error.
+/// The file's bytes ([`thread_body`]), read with positional reads into buffers of
+/// [`READ_CHUNK_BYTES`] (below the allocator's mmap threshold, so they are reused); a read
+/// error, or a file shorter than announced, ends the body with an error.
 fn file_stream(
     file: std::fs::File,
     size: u64,
     progress: Arc<ProgressFn>,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     use std::os::unix::fs::FileExt;
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
-    std::thread::spawn(move || {
+    thread_body(move |tx| {
         let mut sent = 0u64;
         while sent < size {
             let mut buf = vec![0u8; READ_CHUNK_BYTES.min(usize::try_from(size - sent).unwrap_or(usize::MAX))];
@@ -543,8 +550,7 @@ fn file_stream(
                 return;
             }
         }
-    });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    })
 }
 
 #[cfg(test)]

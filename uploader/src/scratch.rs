@@ -68,8 +68,9 @@ pub(crate) fn create(dir: &Path) -> Result<File> {
 
 /// Writes `head` and then the rest of `reader` (up to its end marker) into `file` from offset
 /// 0, at most `bound` bytes; with a `router`, every byte passes through it first and only what
-/// it does not route is written (routed data leaves holes). After each piece, `written` is called with the bytes written so
-/// far (everything below is on the file or a hole that reads as zeros once the file is sized);
+/// it does not route is written (routed data leaves holes). After each piece, `written` is
+/// called with the bytes written so far (everything below is on the file or a hole that reads
+/// as zeros once the file is sized);
 /// when it returns false the fill stops there and returns `None`. Otherwise returns the
 /// length, to which the file is sized at the end.
 ///

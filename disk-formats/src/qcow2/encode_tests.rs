@@ -2,12 +2,12 @@
 //! came from, and streams through the router with all of its data routed. (`qemu-img check`
 //! and `qemu-img convert` judge it too, in `tests/upload.rs`.)
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::*;
+use crate::convert::tests::MemTarget;
 use crate::convert::{ConvertOptions, convert_image};
 use crate::image::{Image, SegmentKind};
-use crate::io::WriteAt;
 use crate::qcow2::Qcow2Image;
 use crate::qcow2::stream::{Routed, route};
 use crate::{ErrorKind, OpenOptions};
@@ -29,33 +29,10 @@ fn open(stream: Vec<u8>) -> Qcow2Image {
     Qcow2Image::open(Arc::new(stream), &OpenOptions { max_virtual_size: 1 << 42 }).expect("opens")
 }
 
-/// A target in memory.
-struct Mem(Mutex<Vec<u8>>);
-
-impl WriteAt for Mem {
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.0.lock().unwrap()[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
-        Ok(())
-    }
-
-    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.0.lock().unwrap()[offset as usize..(offset + len) as usize].fill(0);
-        Ok(())
-    }
-
-    fn unwritten_reads_zero(&self) -> bool {
-        true
-    }
-
-    fn capacity(&self) -> u64 {
-        self.0.lock().unwrap().len() as u64
-    }
-}
-
 fn convert(stream: Vec<u8>, size: u64) -> Vec<u8> {
-    let target = Mem(Mutex::new(vec![0; size as usize]));
+    let target = MemTarget::new(size as usize, true);
     convert_image(&open(stream), &target, &ConvertOptions::default()).expect("converts");
-    target.0.into_inner().unwrap()
+    target.bytes()
 }
 
 /// A raw disk of `size` bytes with a pattern in `extents` (zeros elsewhere).
@@ -146,7 +123,7 @@ fn the_router_routes_every_data_cluster_of_the_stream() {
     let raw = raw_disk(size, &extents);
     let encoder = Encoder::new(size, &extents).expect("planned");
     let stream = encode(&encoder, &raw);
-    let target = Mem(Mutex::new(vec![0; size as usize]));
+    let target = MemTarget::new(size as usize, true);
     let routed = Routed::new();
 
     route(&target, &routed, stream.len() as u64, |router| {
@@ -158,5 +135,5 @@ fn the_router_routes_every_data_cluster_of_the_stream() {
     .expect("routed");
 
     assert_eq!(routed.bytes(), encoder.data_bytes());
-    assert!(target.0.into_inner().unwrap() == raw, "the routed data differs from the raw disk");
+    assert!(target.bytes() == raw, "the routed data differs from the raw disk");
 }

@@ -219,11 +219,6 @@ impl<'a> Router<'a> {
         Self { tx, buffers, routed, file_size, pos: 0, state: State::Header(Vec::new()), window: None }
     }
 
-    /// Whether the router has stopped routing (everything further goes to the scratch file).
-    pub fn is_passive(&self) -> bool {
-        matches!(self.state, State::Passive)
-    }
-
     /// Takes the next `data` of the stream: routes what it can and passes every other byte to
     /// `spill` with its file offset (in order, possibly in several parts).
     ///

@@ -2,59 +2,16 @@
 //! streamed in several piece sizes, and what routing plus the residual conversion leave in
 //! the target must equal `convert_image` of the whole file.
 
-use std::io;
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::convert::tests::MemTarget;
 use crate::convert::{ConvertOptions, convert_image};
 use crate::qcow2::Qcow2Image;
 use crate::qcow2::builder::{self, Builder, COPIED, ZERO};
 use crate::{ErrorKind, OpenOptions};
 
 const MIB: u64 = 1 << 20;
-
-/// A target in memory that records how many bytes were written to it.
-struct Mem {
-    bytes: Mutex<Vec<u8>>,
-    written: AtomicU64,
-}
-
-impl Mem {
-    fn new(len: u64) -> Self {
-        Self { bytes: Mutex::new(vec![0; len as usize]), written: AtomicU64::new(0) }
-    }
-
-    fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.bytes.lock().unwrap())
-    }
-}
-
-impl WriteAt for Mem {
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let mut bytes = self.bytes.lock().unwrap();
-        let end = offset as usize + buf.len();
-        if end > bytes.len() {
-            return Err(io::Error::new(io::ErrorKind::FileTooLarge, "past the capacity"));
-        }
-        bytes[offset as usize..end].copy_from_slice(buf);
-        self.written.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
-        let mut bytes = self.bytes.lock().unwrap();
-        bytes[offset as usize..(offset + len) as usize].fill(0);
-        Ok(())
-    }
-
-    fn unwritten_reads_zero(&self) -> bool {
-        true
-    }
-
-    fn capacity(&self) -> u64 {
-        self.bytes.lock().unwrap().len() as u64
-    }
-}
 
 fn open(bytes: Vec<u8>) -> Result<Box<dyn Image>> {
     let opts = OpenOptions { max_virtual_size: 1 << 40 };
@@ -63,15 +20,15 @@ fn open(bytes: Vec<u8>) -> Result<Box<dyn Image>> {
 
 /// `convert_image` of the whole file: the expected target.
 fn reference(image: &[u8], capacity: u64) -> Result<Vec<u8>> {
-    let target = Mem::new(capacity);
+    let target = MemTarget::new(capacity as usize, true);
     convert_image(&*open(image.to_vec())?, &target, &ConvertOptions::default())?;
-    Ok(target.take())
+    Ok(target.bytes())
 }
 
 /// What streaming `image` in pieces of `piece` bytes does: the target's bytes, the bytes
 /// routed, or the conversion's error.
 fn streamed(image: &[u8], piece: usize, capacity: u64) -> (Result<Vec<u8>>, u64) {
-    let target = Mem::new(capacity);
+    let target = MemTarget::new(capacity as usize, true);
     let routed = Routed::new();
     let spill = Mutex::new(vec![0u8; image.len()]);
     let received = route(&target, &routed, image.len() as u64, |router| {
@@ -92,7 +49,7 @@ fn streamed(image: &[u8], piece: usize, capacity: u64) -> (Result<Vec<u8>>, u64)
         let residual = Residual::new(inner, &routed, &arrived);
         convert_image(&residual, &target, &ConvertOptions::default())
     });
-    (converted.map(|_| target.take()), routed.bytes())
+    (converted.map(|_| target.bytes()), routed.bytes())
 }
 
 /// Piece sizes that cut clusters and tables everywhere: tiny, odd, a page, a cluster and a
@@ -310,7 +267,7 @@ fn a_stream_that_breaks_off_reports_the_receiver_s_error() {
     let mut b = Builder::new(16, 2 * MIB);
     b.data(0, 0x01);
     let image = b.build();
-    let target = Mem::new(2 * MIB);
+    let target = MemTarget::new(2 * MIB as usize, true);
     let routed = Routed::new();
 
     let result: std::result::Result<(), Error> = route(&target, &routed, image.len() as u64, |router| {
