@@ -32,6 +32,7 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
             PreallocationArg::Off => Preallocation::Off,
             PreallocationArg::Full => Preallocation::Full,
         },
+        ..CreateOptions::default()
     };
     let out = Output::prepare(&args.out)?;
 

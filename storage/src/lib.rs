@@ -40,4 +40,4 @@ mod volume;
 pub use error::{Error, Result};
 pub use sys::{bound_allocator_retention, is_block_device, is_unsupported, next_data, reflink};
 pub use sys::{loop_attach, loop_available, loop_detach, loop_find};
-pub use volume::{CreateOptions, Preallocation, Volume};
+pub use volume::{CreateOptions, Preallocation, Volume, WRITEBACK_IN_FLIGHT_BYTES, WriteCache};

@@ -1,9 +1,11 @@
 //! [`Volume`]: a regular file or a block device that an image is written into.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use disk_formats::WriteAt;
@@ -24,11 +26,39 @@ pub enum Preallocation {
     Full,
 }
 
+/// How written data reaches the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WriteCache {
+    /// Large aligned writes bypass the page cache (`O_DIRECT`, like `qemu-img convert -t none`):
+    /// each one waits for the device, but costs the least CPU. Right where the data is produced
+    /// by CPU work that the writes must not slow down (inflating compressed clusters) or
+    /// copied in-kernel from a local file (which goes through the cache anyway).
+    #[default]
+    Direct,
+    /// Every write goes through the page cache and returns at once; writeback of each finished
+    /// range ([`WriteAt::start_writeback`]) starts immediately, and once more than
+    /// [`WRITEBACK_IN_FLIGHT_BYTES`] of ranges are behind it the oldest is waited for and
+    /// dropped from the cache. The device is kept busy with a deep queue while the producer
+    /// goes on, and the cache holds little more than that much of the volume, dirty or clean
+    /// (a pod's memory limit counts page cache: unbounded dirty pages are how CDI's importer
+    /// pods got OOM-killed). Right for data that arrives over a socket: a qcow2 upload with
+    /// 1 GiB of data took 0.57 s this way against 0.69-0.75 s with `Direct` (`bench/upload.sh`,
+    /// where a local `diskplane convert` of the file takes 0.50-0.55 s).
+    Bounded,
+}
+
+/// Range bytes (holes included) whose writeback [`WriteCache::Bounded`] lets run behind the
+/// writer before it waits for the oldest.
+pub const WRITEBACK_IN_FLIGHT_BYTES: u64 = 128 << 20;
+
 /// How [`Volume::create`] sets the volume up.
 #[derive(Debug, Clone, Default)]
 pub struct CreateOptions {
     /// Allocation of the space the image leaves empty.
     pub preallocation: Preallocation,
+    /// How written data reaches the device.
+    pub write_cache: WriteCache,
 }
 
 /// Largest range given to one `fallocate` or `copy_file_range` call on a device or across
@@ -85,6 +115,16 @@ pub struct Volume {
     /// Cleared when the direct descriptor refuses a write (alignment stricter than assumed):
     /// from then on everything goes through the page cache.
     direct_ok: AtomicBool,
+    /// [`WriteCache::Bounded`]: the ranges whose writeback was started and not yet waited for.
+    /// `None` for [`WriteCache::Direct`].
+    in_flight: Option<Mutex<InFlight>>,
+}
+
+/// Ranges under writeback, oldest first, and their total length.
+#[derive(Debug, Default)]
+struct InFlight {
+    ranges: VecDeque<(u64, u64)>,
+    bytes: u64,
 }
 
 impl Volume {
@@ -138,7 +178,7 @@ impl Volume {
             .ok()
             .filter(|size| size.is_power_of_two())
             .unwrap_or(DEFAULT_LOGICAL_BLOCK);
-        let direct = sys::reopen_direct_for_writing(&file).ok();
+        let direct = open_direct(&file, opts.write_cache);
         Ok(Volume {
             file,
             path: path.into(),
@@ -148,6 +188,7 @@ impl Volume {
             written_end: AtomicU64::new(0),
             direct_ok: AtomicBool::new(direct.is_some()),
             direct,
+            in_flight: in_flight(opts.write_cache),
         })
     }
 
@@ -165,7 +206,7 @@ impl Volume {
             .map_err(|e| Error::io(path, "creating the file", e))?;
         let len = size.unwrap_or(0);
         file.set_len(len).map_err(|e| Error::io(path, format!("setting the length to {len} bytes"), e))?;
-        let direct = sys::reopen_direct_for_writing(&file).ok();
+        let direct = open_direct(&file, opts.write_cache);
         Ok(Volume {
             file,
             path: path.into(),
@@ -175,6 +216,7 @@ impl Volume {
             written_end: AtomicU64::new(0),
             direct_ok: AtomicBool::new(direct.is_some()),
             direct,
+            in_flight: in_flight(opts.write_cache),
         })
     }
 
@@ -332,6 +374,23 @@ impl Volume {
     }
 }
 
+/// The `O_DIRECT` descriptor for [`WriteCache::Direct`] (`None` where the file system has no
+/// direct I/O); none for [`WriteCache::Bounded`].
+fn open_direct(file: &File, cache: WriteCache) -> Option<File> {
+    match cache {
+        WriteCache::Direct => sys::reopen_direct_for_writing(file).ok(),
+        WriteCache::Bounded => None,
+    }
+}
+
+/// The writeback queue of [`WriteCache::Bounded`].
+fn in_flight(cache: WriteCache) -> Option<Mutex<InFlight>> {
+    match cache {
+        WriteCache::Direct => None,
+        WriteCache::Bounded => Some(Mutex::new(InFlight::default())),
+    }
+}
+
 /// Writes zeros into every hole of the first `len` bytes of `file`, so that all of it is
 /// allocated (for file systems without fallocate).
 fn fill_holes(file: &File, len: u64) -> io::Result<()> {
@@ -387,8 +446,24 @@ impl WriteAt for Volume {
     /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts writeback of a finished range so the
     /// final `fdatasync` does not have to write the whole volume at once (with a large page
     /// cache the kernel would otherwise start writing only at the end). Best effort.
+    ///
+    /// With [`WriteCache::Bounded`], also waits for the oldest ranges to reach the device (and
+    /// drops them from the cache) once more than [`WRITEBACK_IN_FLIGHT_BYTES`] are in flight.
+    /// A write error found there is left to [`Volume::finish`], whose flush reports it.
     fn start_writeback(&self, offset: u64, len: u64) {
         let _ = sys::start_writeback(&self.file, offset, len);
+        let Some(in_flight) = &self.in_flight else {
+            return;
+        };
+        let mut in_flight = in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        in_flight.ranges.push_back((offset, len));
+        in_flight.bytes += len;
+        while in_flight.bytes > WRITEBACK_IN_FLIGHT_BYTES
+            && let Some((offset, len)) = in_flight.ranges.pop_front()
+        {
+            in_flight.bytes -= len;
+            let _ = sys::finish_writeback(&self.file, offset, len);
+        }
     }
 
     /// `copy_file_range` from `src`; `Ok(false)` when the kernel cannot copy between these
@@ -656,7 +731,7 @@ mod tests {
     fn full_preallocation_allocates_the_whole_file_and_keeps_data() {
         let scratch = Scratch::new();
         let path = scratch.path("disk.img");
-        let opts = CreateOptions { preallocation: Preallocation::Full };
+        let opts = CreateOptions { preallocation: Preallocation::Full, ..CreateOptions::default() };
         let volume = Volume::create(&path, Some(8 * MIB), 8 * MIB, &opts).expect("create");
         volume.write_all_at(&[3; 4096], MIB).expect("write");
 
@@ -682,6 +757,35 @@ mod tests {
         assert_eq!(read_at(&path, MIB, 4096), vec![1; 4096]);
         assert_eq!(read_at(&path, 4 * MIB - 4096, 4096), vec![2; 4096]);
         assert!(is_zeros(&read_at(&path, 0, MIB)));
+    }
+
+    #[test]
+    fn bounded_cache_waits_for_the_oldest_ranges_past_the_in_flight_limit() {
+        // Ranges of 48 MiB, each with 1 MiB of data and the rest holes: range bytes count.
+        const RANGE: u64 = 48 * MIB;
+        let scratch = Scratch::new();
+        let path = scratch.path("disk.img");
+        let opts = CreateOptions { write_cache: WriteCache::Bounded, ..CreateOptions::default() };
+        let volume = Volume::create(&path, Some(8 * RANGE), 8 * RANGE, &opts).expect("create");
+        assert!(volume.direct.is_none(), "bounded writes all go through the page cache");
+        let data: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8 + 1).collect();
+        let most_ranges = (WRITEBACK_IN_FLIGHT_BYTES / RANGE) as usize;
+
+        for i in 0..8 {
+            volume.write_all_at(&data, i * RANGE).expect("write");
+            volume.start_writeback(i * RANGE, RANGE);
+            let in_flight = volume.in_flight.as_ref().expect("bounded").lock().expect("lock");
+            assert!(in_flight.bytes <= WRITEBACK_IN_FLIGHT_BYTES, "{} bytes in flight", in_flight.bytes);
+            assert_eq!(in_flight.ranges.iter().map(|&(_, len)| len).sum::<u64>(), in_flight.bytes);
+            assert_eq!(in_flight.ranges.len(), (i as usize + 1).min(most_ranges));
+            assert_eq!(in_flight.ranges.back(), Some(&(i * RANGE, RANGE)), "the newest range is in flight");
+        }
+        volume.finish().expect("finish");
+
+        for i in 0..8 {
+            assert_eq!(read_at(&path, i * RANGE, MIB), data, "range {i}");
+            assert!(is_zeros(&read_at(&path, i * RANGE + MIB, MIB)), "hole after range {i}");
+        }
     }
 
     #[test]

@@ -137,7 +137,7 @@ fn block_volume_leaves_copies_to_the_caller_and_ignores_preallocation() {
     let source = tempfile::tempfile().expect("source");
     source.write_all_at(&[1; 4096], 0).expect("source data");
 
-    let opts = CreateOptions { preallocation: Preallocation::Full };
+    let opts = CreateOptions { preallocation: Preallocation::Full, ..CreateOptions::default() };
     let volume = Volume::create(&device.path, Some(4 * MIB), 1, &opts).expect("create");
 
     assert!(!volume.copy_from_file(&source, 0, 0, 4096).expect("copy"));

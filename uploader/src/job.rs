@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use disk_formats::convert::{ConvertOptions, ScratchOptions, convert_image, convert_sniffed, sniff};
 use disk_formats::{ErrorKind, Format, OpenOptions, open_as};
-use storage::Volume;
+use storage::{CreateOptions, Volume, WriteCache};
 use tokio::sync::{mpsc, oneshot};
 
 use importer::ArchiveLimits;
@@ -185,7 +185,10 @@ fn write_volume(
     if format == Format::Qcow2 {
         precheck_qcow2_header(&sniffed.head, &open)?;
     }
-    let volume = Volume::create(&out.write_path, None, target.max_size, &target.create)?;
+    // Data from a socket: buffered writes with early, bounded writeback keep the device's
+    // queue full while the body arrives; `O_DIRECT` writes would each wait for the device.
+    let create = CreateOptions { write_cache: WriteCache::Bounded, ..target.create.clone() };
+    let volume = Volume::create(&out.write_path, None, target.max_size, &create)?;
     let stats = if format == Format::Qcow2 && wrappers.is_empty() {
         // The sniffer read exactly the head from `reader` (no wrapper buffers anything): the
         // pieces that follow go straight to the scratch file.

@@ -300,6 +300,7 @@ impl TaskContext {
             convert: ConvertOptions::default(),
             create: CreateOptions {
                 preallocation: if target.preallocate { Preallocation::Full } else { Preallocation::Off },
+                ..CreateOptions::default()
             },
             scratch_dir: self.pool.dir(&target.namespace, &target.name),
             progress: Arc::clone(&self.shared.progress),
@@ -366,7 +367,7 @@ impl TaskContext {
                             &partial,
                             Some(size),
                             size,
-                            &CreateOptions { preallocation: Preallocation::Full },
+                            &CreateOptions { preallocation: Preallocation::Full, ..CreateOptions::default() },
                         )
                         .map_err(std::io::Error::other)?;
                         volume.finish().map_err(std::io::Error::other)?;

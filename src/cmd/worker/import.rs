@@ -201,7 +201,7 @@ fn options(
         checksum: args.checksum.clone(),
         open: OpenOptions { max_virtual_size: max_size },
         convert: ConvertOptions::default(),
-        create: CreateOptions { preallocation: preallocation(args) },
+        create: CreateOptions { preallocation: preallocation(args), ..CreateOptions::default() },
         scratch_dir: args.scratch_dir.clone().unwrap_or(scratch_dir),
         progress,
     })
@@ -288,7 +288,7 @@ fn grow(path: &Path, size: u64) -> Result<()> {
 /// full (write-zeroes/discard, so old contents never show through).
 fn blank(args: &ImportArgs) -> Result<Outcome> {
     let out = Output::prepare(&args.volume)?;
-    let create = CreateOptions { preallocation: preallocation(args) };
+    let create = CreateOptions { preallocation: preallocation(args), ..CreateOptions::default() };
     if storage::is_block_device(&args.volume) {
         let volume = storage::Volume::create(&args.volume, args.size, 0, &create)?;
         let capacity = volume.capacity();

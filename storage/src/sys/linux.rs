@@ -64,6 +64,29 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Writes back the dirty pages of `[offset, offset + len)` and waits until they are on the
+/// device (`sync_file_range` with `WAIT_BEFORE | WRITE | WAIT_AFTER`), then drops them from the
+/// page cache (`POSIX_FADV_DONTNEED`, which frees clean pages only). Not a durability
+/// guarantee either (no device cache flush, no metadata): `datasync` still has to follow.
+#[allow(unsafe_code)]
+pub fn finish_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(start), Ok(count)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len)) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    let flags =
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: as in `start_writeback`: an open descriptor and integers, no memory of ours.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), start, count, flags) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    match std::num::NonZeroU64::new(len) {
+        Some(len) => Ok(rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed)?),
+        None => Ok(()),
+    }
+}
+
 /// Opens the file behind `file` a second time for writing with `O_DIRECT` (through
 /// `/proc/self/fd`, so it is the same inode even if the path was replaced since), so that large
 /// aligned writes go from our buffer to the device without a copy into the page cache.
