@@ -1029,8 +1029,20 @@ fn large_images() -> &'static Path {
     })
 }
 
+/// Bytes of `path` in the page cache (util-linux `fincore`).
+fn cached_bytes(path: &Path) -> u64 {
+    let out = Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("running fincore");
+    assert!(out.status.success(), "fincore: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().unwrap_or_else(|_| panic!("fincore printed {text:?}"))
+}
+
 #[test]
-fn the_server_s_memory_stays_bounded_for_a_large_raw_and_a_large_qcow2() {
+fn the_server_s_memory_and_page_cache_stay_bounded_for_a_large_raw_and_a_large_qcow2() {
     // The bound for the upload server during an upload.
     const BOUND: u64 = 64 << 20;
     let dir = large_images();
@@ -1046,6 +1058,14 @@ fn the_server_s_memory_stays_bounded_for_a_large_raw_and_a_large_qcow2() {
         assert_eq!(status, 200, "{name}: {body}");
         let peak = server.peak_rss();
         assert!(peak < BOUND, "{name}: the server's peak RSS is {} MiB", peak >> 20);
+        // The volume is written through a bounded page cache: of the qcow2's 512 MiB of data,
+        // at most the writeback still in flight at the end stays cached.
+        let cached = cached_bytes(&server.volume());
+        assert!(
+            cached <= storage::WRITEBACK_IN_FLIGHT_BYTES,
+            "{name}: {} MiB of the volume stay in the page cache",
+            cached >> 20
+        );
         assert_volume_matches(&server, &dir.join(reference));
     }
 }
