@@ -5,8 +5,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use disk_formats::WriteAt;
 use disk_formats::convert::direct::aligned_middle;
@@ -125,6 +125,9 @@ pub struct Volume {
 struct InFlight {
     ranges: VecDeque<(u64, u64)>,
     bytes: u64,
+    /// The first write-back error found while waiting: reported by [`Volume::finish`] (the
+    /// kernel reports it once, to the wait, not again to the final flush).
+    error: Option<io::Error>,
 }
 
 impl Volume {
@@ -256,6 +259,13 @@ impl Volume {
     /// [`Error::Io`] when allocation or the flush fails: out of space, or a write-back error of
     /// an earlier write.
     pub fn finish(self) -> Result<()> {
+        let lost = self
+            .in_flight
+            .as_ref()
+            .and_then(|q| q.lock().unwrap_or_else(PoisonError::into_inner).error.take());
+        if let Some(e) = lost {
+            return Err(Error::io(&self.path, "writing back to the device", e));
+        }
         if self.preallocation == Preallocation::Full && !self.is_block_device() {
             self.preallocate().map_err(|e| Error::io(&self.path, "preallocating", e))?;
         }
@@ -449,20 +459,27 @@ impl WriteAt for Volume {
     ///
     /// With [`WriteCache::Bounded`], also waits for the oldest ranges to reach the device (and
     /// drops them from the cache) once more than [`WRITEBACK_IN_FLIGHT_BYTES`] are in flight.
-    /// A write error found there is left to [`Volume::finish`], whose flush reports it.
+    /// A write-back error found there is kept for [`Volume::finish`] to report.
     fn start_writeback(&self, offset: u64, len: u64) {
         let _ = sys::start_writeback(&self.file, offset, len);
         let Some(in_flight) = &self.in_flight else {
             return;
         };
-        let mut in_flight = in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut in_flight = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
         in_flight.ranges.push_back((offset, len));
         in_flight.bytes += len;
         while in_flight.bytes > WRITEBACK_IN_FLIGHT_BYTES
             && let Some((offset, len)) = in_flight.ranges.pop_front()
         {
             in_flight.bytes -= len;
-            let _ = sys::finish_writeback(&self.file, offset, len);
+            match sys::wait_writeback(&self.file, offset, len) {
+                Ok(()) => sys::drop_cached(&self.file, offset, len),
+                // A file system without it: its writeback is the kernel's, as with `Direct`.
+                Err(e) if sys::is_unsupported(&e) => {}
+                Err(e) => {
+                    in_flight.error.get_or_insert(e);
+                }
+            }
         }
     }
 

@@ -65,25 +65,30 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
 }
 
 /// Writes back the dirty pages of `[offset, offset + len)` and waits until they are on the
-/// device (`sync_file_range` with `WAIT_BEFORE | WRITE | WAIT_AFTER`), then drops them from the
-/// page cache (`POSIX_FADV_DONTNEED`, which frees clean pages only). Not a durability
-/// guarantee either (no device cache flush, no metadata): `datasync` still has to follow.
+/// device (`sync_file_range` with `WAIT_BEFORE | WRITE | WAIT_AFTER`). Not a durability
+/// guarantee (no device cache flush, no metadata): `datasync` still has to follow.
+///
+/// # Errors
+/// A write-back error of those pages. The kernel reports it to this call *instead of* a later
+/// `fdatasync` on the same descriptor (the error cursor advances), so the caller must keep it.
 #[allow(unsafe_code)]
-pub fn finish_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+pub fn wait_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let (Ok(start), Ok(count)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len)) else {
+    let (Ok(offset), Ok(len)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len)) else {
         return Err(io::ErrorKind::InvalidInput.into());
     };
     let flags =
         libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     // SAFETY: as in `start_writeback`: an open descriptor and integers, no memory of ours.
-    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), start, count, flags) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    match std::num::NonZeroU64::new(len) {
-        Some(len) => Ok(rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed)?),
-        None => Ok(()),
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Drops the clean cached pages of `[offset, offset + len)` (`POSIX_FADV_DONTNEED`; dirty
+/// pages stay). Best effort: a hint the kernel may ignore.
+pub fn drop_cached(file: &File, offset: u64, len: u64) {
+    if let Some(len) = std::num::NonZeroU64::new(len) {
+        let _ = rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed);
     }
 }
 
