@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use disk_formats::WriteAt;
-use storage::{CreateOptions, Preallocation, Volume};
+use storage::{CreateOptions, Preallocation, Volume, WriteCache};
 
 const MIB: u64 = 1 << 20;
 
@@ -142,4 +142,76 @@ fn block_volume_leaves_copies_to_the_caller_and_ignores_preallocation() {
 
     assert!(!volume.copy_from_file(&source, 0, 0, 4096).expect("copy"));
     volume.finish().expect("finish");
+}
+
+/// A tmpfs mounted on a temporary directory, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` bytes, or says why it cannot.
+    fn mount(size: u64) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status();
+        match status {
+            Ok(status) if status.success() => Some(Self { dir }),
+            other => {
+                eprintln!("skipping: cannot mount a tmpfs: {other:?}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        match Command::new("umount").arg(self.dir.path()).status() {
+            Ok(status) if status.success() => {}
+            other => eprintln!("warning: unmounting {} failed: {other:?}", self.dir.path().display()),
+        }
+    }
+}
+
+#[test]
+fn bounded_writeback_error_of_an_early_range_fails_finish() {
+    // A device whose first 16 MiB cannot be written: the loop device's backing file lies on a
+    // full tmpfs and only its first 16 MiB are unallocated, so writing back there fails (no
+    // space) while every later range overwrites allocated pages and succeeds. The early
+    // range's error is seen by the bounded cache's wait (past WRITEBACK_IN_FLIGHT_BYTES), and
+    // the kernel reports it only once: finish must still fail.
+    const RANGE: u64 = 16 * MIB;
+    let ranges = 2 * storage::WRITEBACK_IN_FLIGHT_BYTES / RANGE;
+    let size = ranges * RANGE;
+    let Some(tmpfs) = Tmpfs::mount(size) else { return };
+    let backing = tmpfs.dir.path().join("backing.img");
+    let file = File::create(&backing).expect("backing file");
+    file.set_len(size).expect("backing size");
+    file.write_all_at(&vec![0xaa; (size - RANGE) as usize], RANGE).expect("allocating past the first range");
+    let filler = File::create(tmpfs.dir.path().join("filler")).expect("filler");
+    let mut at = 0;
+    while filler.write_all_at(&[0x55; 64 * 1024], at).is_ok() {
+        at += 64 * 1024;
+    }
+    let Some(device) = LoopDevice::attach(&backing) else { return };
+    let opts = CreateOptions { write_cache: WriteCache::Bounded, ..CreateOptions::default() };
+    let volume = Volume::create(&device.path, Some(size), 1, &opts).expect("create");
+
+    for i in 0..ranges {
+        volume.write_all_at(&vec![i as u8 + 1; MIB as usize], i * RANGE).expect("write into the cache");
+        volume.start_writeback(i * RANGE, RANGE);
+    }
+    let err = volume.finish().expect_err("the first range never reached the device");
+
+    let text = err.to_string();
+    assert!(text.contains("writing back to the device"), "{text}");
+    assert!(text.contains(&device.path.display().to_string()), "{text}");
+    // Every later range did reach the device.
+    drop(device);
+    for i in 1..ranges {
+        assert_eq!(read_at(&backing, i * RANGE, MIB), vec![i as u8 + 1; MIB as usize], "range {i}");
+    }
 }
