@@ -982,7 +982,7 @@ fn the_qcow2_our_client_sends_passes_qemu_img_check_and_equals_the_raw_disk() {
     let encoder = disk_formats::qcow2::encode::Encoder::new(24 << 20, &extents).expect("planned");
     let mut stream = std::fs::File::create(dir.path().join("sent.qcow2")).expect("create");
 
-    encoder.write(&raw, &mut |chunk| std::io::Write::write_all(&mut stream, chunk)).expect("encoded");
+    encoder.write(&raw, &mut |chunk| std::io::Write::write_all(&mut stream, &chunk)).expect("encoded");
 
     let check = Command::new("qemu-img")
         .args(["check", "-f", "qcow2", "sent.qcow2"])

@@ -508,8 +508,7 @@ fn encoded_stream(
         let written = encoder.write(&file, &mut |chunk| {
             sent += chunk.len() as u64;
             progress(sent, total);
-            tx.blocking_send(Ok(Bytes::copy_from_slice(chunk)))
-                .map_err(|_| std::io::Error::other("the upload stopped"))
+            tx.blocking_send(Ok(Bytes::from(chunk))).map_err(|_| std::io::Error::other("the upload stopped"))
         });
         if let Err(e) = written {
             // Nobody listens any more when the request itself failed: nothing to report then.

@@ -37,8 +37,8 @@ const COPIED: u64 = 1 << 63;
 /// Length of the version 3 header written (with the compression type byte and its padding).
 const HEADER_LENGTH: u32 = 112;
 /// Most data bytes read from the raw disk per output chunk: a quarter of the allocator's mmap
-/// threshold (`storage::bound_allocator_retention`), so that a consumer copying each chunk into
-/// a buffer of its own gets one that is reused, not freshly mapped and faulted in.
+/// threshold (`storage::bound_allocator_retention`), so that each chunk's buffer is reused
+/// memory, not freshly mapped and faulted in.
 const READ_BYTES: u64 = 256 << 10;
 /// A qcow2's virtual size is in whole 512-byte sectors.
 const SECTOR: u64 = 512;
@@ -145,41 +145,40 @@ impl Encoder {
     }
 
     /// Writes the stream to `out` in order, reading the data clusters from `raw` (the raw
-    /// disk, at least `virtual_size` bytes or reading as zeros past its end).
+    /// disk, at least `virtual_size` bytes or reading as zeros past its end). Every chunk is a
+    /// buffer of its own, up to [`READ_BYTES`] long, so that a consumer can keep it (send it on)
+    /// without copying.
     ///
     /// # Errors
     /// Reading `raw`, or `out`'s errors, as I/O errors.
-    pub fn write(&self, raw: &dyn ReadAt, out: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> Result<()> {
-        let emit = |out: &mut dyn FnMut(&[u8]) -> io::Result<()>, bytes: &[u8]| {
+    pub fn write(&self, raw: &dyn ReadAt, out: &mut dyn FnMut(Vec<u8>) -> io::Result<()>) -> Result<()> {
+        let emit = |out: &mut dyn FnMut(Vec<u8>) -> io::Result<()>, bytes: Vec<u8>| {
             out(bytes).map_err(|e| Error::io("sending the qcow2 stream", e))
         };
-        let mut cluster = vec![0u8; CLUSTER as usize];
-        self.header(&mut cluster);
-        emit(out, &cluster)?;
+        let metadata = |fill: &dyn Fn(&mut [u8])| {
+            let mut cluster = vec![0u8; CLUSTER as usize];
+            fill(&mut cluster);
+            cluster
+        };
+        emit(out, metadata(&|c| self.header(c)))?;
         for k in 0..self.refcount_table_clusters {
-            self.refcount_table(k, &mut cluster);
-            emit(out, &cluster)?;
+            emit(out, metadata(&|c| self.refcount_table(k, c)))?;
         }
         for k in 0..self.refcount_blocks {
-            self.refcount_block(k, &mut cluster);
-            emit(out, &cluster)?;
+            emit(out, metadata(&|c| self.refcount_block(k, c)))?;
         }
         for k in 0..self.l1_clusters {
-            self.l1_cluster(k, &mut cluster);
-            emit(out, &cluster)?;
+            emit(out, metadata(&|c| self.l1_cluster(k, c)))?;
         }
-        let mut data = vec![0u8; READ_BYTES as usize];
         for table in &self.tables {
-            l2_table(table, &mut cluster);
-            emit(out, &cluster)?;
+            emit(out, metadata(&|c| l2_table(table, c)))?;
             for &(first, count) in &table.runs {
                 let (mut guest, end) = (first * CLUSTER, (first + count) * CLUSTER);
                 while guest < end {
-                    let n = (end - guest).min(READ_BYTES) as usize;
-                    let buf = &mut data[..n];
-                    self.read_raw(raw, buf, guest)?;
+                    let mut buf = vec![0u8; (end - guest).min(READ_BYTES) as usize];
+                    self.read_raw(raw, &mut buf, guest)?;
+                    guest += buf.len() as u64;
                     emit(out, buf)?;
-                    guest += n as u64;
                 }
             }
         }

@@ -18,7 +18,7 @@ fn encode(encoder: &Encoder, raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     encoder
         .write(&raw.to_vec(), &mut |chunk| {
-            out.extend_from_slice(chunk);
+            out.extend_from_slice(&chunk);
             Ok(())
         })
         .expect("encoded");
