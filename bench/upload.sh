@@ -18,10 +18,13 @@
 #   convert  diskplane convert INPUT OUT
 #   curl     curl -T INPUT (PUT, streamed) to /v1beta1/upload; the sync route answers after the
 #            volume is written, flushed and renamed into place
-#   client   diskplane upload --upload-url --token (our client, same route)
+#   client   diskplane upload --upload-url --token (our client, same route; it sends a raw file
+#            with holes as a qcow2 of its data, ~1 GiB here)
 #   wire     curl -T INPUT to a Python server that reads the body into one reused buffer and
 #            throws it away: the loopback transfer alone, no parsing and no writes. Its ratio
-#            is the best one any upload server could reach on this machine.
+#            is the best one any upload server could reach for a client that sends the file
+#            as it is (curl, virtctl) on this machine.
+# Each round runs every path once, in an order that rotates from round to round.
 # Columns: median seconds, ratio = convert / upload (>= 0.8 is the target: upload throughput at
 # least 80% of a local conversion), the server's peak RSS (GNU time %M = VmHWM; target <= 64 MiB)
 # and whether the outputs' sha256 match the local conversion.
@@ -130,58 +133,71 @@ sink_pid=$!
 wait_for_output "$tmp/sink"
 sink="http://127.0.0.1:$(head -1 "$tmp/sink")/"
 
-log "binary $DISKPLANE; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-20s %-8s %9s %9s %7s %10s %s\n' input path seconds convert ratio "peak RSS" sha256
-for input in upload-mixed.raw upload-mixed.qcow2; do
-    ref="$out/upload-out-convert.raw"
-    : >"$tmp/t-convert"
-    for ((i = 0; i < runs; i++)); do
-        rm -f "$ref"
-        sync
-        cat "$out/$input" >/dev/null
+# run_once PATH INPUT: one timed run of PATH on INPUT, from the same state as every other path
+# (output removed, dirty pages synced, input in the page cache); appends the seconds to
+# $tmp/t-PATH and, for the two upload paths, the server's peak RSS to $tmp/rss-PATH.
+run_once() {
+    local path="$1" input="$2" dst="$out/upload-out-$1.raw" start
+    rm -f "$dst"
+    sync
+    cat "$out/$input" >/dev/null
+    case "$path" in
+    convert)
         start=$(now)
-        "$DISKPLANE" convert "$out/$input" "$ref"
+        "$DISKPLANE" convert "$out/$input" "$dst"
         elapsed "$start" >>"$tmp/t-convert"
-    done
-    t_convert=$(median <"$tmp/t-convert")
-    ref_sum=$(sha256sum "$ref" | cut -d' ' -f1)
-    for path in curl client; do
-        dst="$out/upload-out-$path.raw"
-        : >"$tmp/t-$path"
-        : >"$tmp/rss-$path"
-        for ((i = 0; i < runs; i++)); do
-            rm -f "$dst"
-            sync
-            cat "$out/$input" >/dev/null
-            server_start "$dst"
-            start=$(now)
-            if [ "$path" = curl ]; then
-                code=$(curl -sS -o "$tmp/body" -w '%{http_code}' -T "$out/$input" \
-                    -H "Authorization: Bearer $token" -H 'Content-Type: application/octet-stream' \
-                    "$base/v1beta1/upload")
-                [ "$code" = 200 ] || { log "curl upload: $code $(cat "$tmp/body")"; exit 1; }
-            else
-                "$DISKPLANE" upload disk --upload-url "$base" --token "$token" --image-path "$out/$input"
-            fi
-            elapsed "$start" >>"$tmp/t-$path"
-            server_wait >>"$tmp/rss-$path"
-        done
-        t=$(median <"$tmp/t-$path")
-        rss_kib=$(sort -n "$tmp/rss-$path" | tail -1)
-        sum=$(sha256sum "$dst" | cut -d' ' -f1)
-        match=$([ "$sum" = "$ref_sum" ] && echo match || echo DIFFERENT)
-        printf '%-20s %-8s %9.2f %9.2f %7.2f %7d MiB %s\n' "$input" "$path" "$t" "$t_convert" \
-            "$(awk -v a="$t_convert" -v b="$t" 'BEGIN { print a / b }')" $((rss_kib / 1024)) "$match"
-    done
-    : >"$tmp/t-wire"
-    for ((i = 0; i < runs; i++)); do
-        cat "$out/$input" >/dev/null
+        ;;
+    wire)
         start=$(now)
         curl -sS -o /dev/null -H 'Expect:' -T "$out/$input" "$sink"
         elapsed "$start" >>"$tmp/t-wire"
+        ;;
+    curl | client)
+        server_start "$dst"
+        start=$(now)
+        if [ "$path" = curl ]; then
+            code=$(curl -sS -o "$tmp/body" -w '%{http_code}' -T "$out/$input" \
+                -H "Authorization: Bearer $token" -H 'Content-Type: application/octet-stream' \
+                "$base/v1beta1/upload")
+            [ "$code" = 200 ] || { log "curl upload: $code $(cat "$tmp/body")"; exit 1; }
+        else
+            "$DISKPLANE" upload disk --upload-url "$base" --token "$token" --image-path "$out/$input" >/dev/null
+        fi
+        elapsed "$start" >>"$tmp/t-$path"
+        server_wait >>"$tmp/rss-$path"
+        ;;
+    esac
+}
+
+log "binary $DISKPLANE; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-20s %-8s %9s %9s %7s %10s %s\n' input path seconds convert ratio "peak RSS" sha256
+paths=(convert curl client wire)
+for input in upload-mixed.raw upload-mixed.qcow2; do
+    for path in "${paths[@]}"; do
+        : >"$tmp/t-$path"
+        : >"$tmp/rss-$path"
     done
-    t=$(median <"$tmp/t-wire")
-    printf '%-20s %-8s %9.2f %9.2f %7.2f %11s %s\n' "$input" wire "$t" "$t_convert" \
-        "$(awk -v a="$t_convert" -v b="$t" 'BEGIN { print a / b }')" - -
+    # The paths take turns within each round, starting one further each round, so that a slow
+    # spell of the machine falls on all of them alike.
+    for ((i = 0; i < runs; i++)); do
+        for ((k = 0; k < ${#paths[@]}; k++)); do
+            run_once "${paths[(i + k) % ${#paths[@]}]}" "$input"
+        done
+    done
+    t_convert=$(median <"$tmp/t-convert")
+    ref_sum=$(sha256sum "$out/upload-out-convert.raw" | cut -d' ' -f1)
+    for path in curl client wire; do
+        t=$(median <"$tmp/t-$path")
+        ratio=$(awk -v a="$t_convert" -v b="$t" 'BEGIN { print a / b }')
+        if [ "$path" = wire ]; then
+            printf '%-20s %-8s %9.2f %9.2f %7.2f %11s %s\n' "$input" wire "$t" "$t_convert" "$ratio" - -
+            continue
+        fi
+        rss_kib=$(sort -n "$tmp/rss-$path" | tail -1)
+        sum=$(sha256sum "$out/upload-out-$path.raw" | cut -d' ' -f1)
+        match=$([ "$sum" = "$ref_sum" ] && echo match || echo DIFFERENT)
+        printf '%-20s %-8s %9.2f %9.2f %7.2f %7d MiB %s\n' "$input" "$path" "$t" "$t_convert" "$ratio" \
+            $((rss_kib / 1024)) "$match"
+    done
 done
 log "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
