@@ -42,9 +42,11 @@ pub enum WriteCache {
     /// dropped from the cache. The device is kept busy with a deep queue while the producer
     /// goes on, and the cache holds little more than that much of the volume, dirty or clean
     /// (a pod's memory limit counts page cache: unbounded dirty pages are how CDI's importer
-    /// pods got OOM-killed). Right for data that arrives over a socket: a qcow2 upload with
-    /// 1 GiB of data took 0.57 s this way against 0.69-0.75 s with `Direct` (`bench/upload.sh`,
-    /// where a local `diskplane convert` of the file takes 0.50-0.55 s).
+    /// pods got OOM-killed). It costs more CPU than `Direct` (the copy into the cache), so it
+    /// pays where the writer has CPU to spare and would otherwise wait for the device: a qcow2
+    /// upload with 1 GiB of data took 0.55-0.57 s this way against 0.69-0.75 s with `Direct`
+    /// (`bench/upload.sh`; a local `diskplane convert` of the file takes 0.47-0.55 s), while a
+    /// raw upload or an HTTP import, whose receiving needs the CPU, was no faster with it.
     Bounded,
 }
 

@@ -52,8 +52,8 @@ pub struct UploadTarget {
     pub max_size: u64,
     /// Directory for the scratch file a qcow2 is unpacked to (at most about the image's size).
     pub scratch_dir: PathBuf,
-    /// Preallocation of a file volume. The write cache is the uploader's choice: the data
-    /// arrives over a socket, so it is always [`storage::WriteCache::Bounded`].
+    /// Preallocation of a file volume. The write cache is the uploader's choice, by what the
+    /// body holds ([`storage::WriteCache::Bounded`] for a plain qcow2, `Direct` otherwise).
     pub create: CreateOptions,
 }
 

@@ -185,11 +185,17 @@ fn write_volume(
     if format == Format::Qcow2 {
         precheck_qcow2_header(&sniffed.head, &open)?;
     }
-    // Data from a socket: buffered writes with early, bounded writeback keep the device's
-    // queue full while the body arrives; `O_DIRECT` writes would each wait for the device.
-    let create = CreateOptions { write_cache: WriteCache::Bounded, ..target.create.clone() };
+    // A plain qcow2 body: its data clusters are written from the receive buffers as they
+    // arrive, and buffered writes with early, bounded writeback keep the device's queue full
+    // meanwhile (1 GiB of data: 0.55-0.57 s against 0.69-0.75 s with `O_DIRECT` writes, each of
+    // which waits for the device). A raw or compressed stream keeps `O_DIRECT`: there the
+    // copy into the page cache takes CPU from receiving (or decompressing), and a 2 GiB raw body
+    // was no faster buffered (1.01 s against 0.96 s).
+    let plain_qcow2 = format == Format::Qcow2 && wrappers.is_empty();
+    let write_cache = if plain_qcow2 { WriteCache::Bounded } else { WriteCache::Direct };
+    let create = CreateOptions { write_cache, ..target.create.clone() };
     let volume = Volume::create(&out.write_path, None, target.max_size, &create)?;
-    let stats = if format == Format::Qcow2 && wrappers.is_empty() {
+    let stats = if plain_qcow2 {
         // The sniffer read exactly the head from `reader` (no wrapper buffers anything): the
         // pieces that follow go straight to the scratch file.
         let head = sniffed.head;
