@@ -67,9 +67,12 @@ fn make_images(dir: &Path) {
     std::fs::write(dir.join("done"), "").expect("done marker");
 }
 
-fn qemu_img(args: &[&str], dir: &Path) {
+/// Runs qemu-img in `dir`, which must succeed; returns what it printed.
+fn qemu_img(args: &[&str], dir: &Path) -> String {
     let out = Command::new("qemu-img").args(args).current_dir(dir).output().expect("running qemu-img");
-    assert!(out.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "qemu-img {args:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
 }
 
 fn image(name: &str) -> PathBuf {
@@ -984,21 +987,10 @@ fn the_qcow2_our_client_sends_passes_qemu_img_check_and_equals_the_raw_disk() {
 
     encoder.write(&raw, &mut |chunk| std::io::Write::write_all(&mut stream, &chunk)).expect("encoded");
 
-    let check = Command::new("qemu-img")
-        .args(["check", "-f", "qcow2", "sent.qcow2"])
-        .current_dir(dir.path())
-        .output()
-        .expect("qemu-img check");
-    let report = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "qemu-img check: {report}{}", String::from_utf8_lossy(&check.stderr));
+    let report = qemu_img(&["check", "-f", "qcow2", "sent.qcow2"], dir.path());
     assert!(report.contains("No errors were found on the image."), "{report}");
-    let compare = Command::new("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "qcow2", "sparse.raw", "sent.qcow2"])
-        .current_dir(dir.path())
-        .output()
-        .expect("qemu-img compare");
-    let said = String::from_utf8_lossy(&compare.stdout);
-    assert!(compare.status.success() && said.contains("Images are identical."), "{said}");
+    let said = qemu_img(&["compare", "-f", "raw", "-F", "qcow2", "sparse.raw", "sent.qcow2"], dir.path());
+    assert!(said.contains("Images are identical."), "{said}");
     assert!(encoder.stream_len() < 16 << 20, "only the data is sent: {} bytes", encoder.stream_len());
 }
 

@@ -203,37 +203,19 @@ impl UploadClient {
         checksum: Option<&Checksum>,
         progress: Arc<ProgressFn>,
     ) -> Result<Sent> {
-        let file = tokio::fs::File::open(path)
+        let sparse = self.opts.sparse && checksum.is_none();
+        let owned_path = path.to_owned();
+        let (file, file_size, plan) = tokio::task::spawn_blocking(move || open_image(&owned_path, sparse))
             .await
-            .map_err(|e| Error::Config(format!("opening {}: {e}", path.display())))?;
-        let file_size = file
-            .metadata()
-            .await
-            .map_err(|e| Error::Config(format!("reading the size of {}: {e}", path.display())))?
-            .len();
-        let plan = if self.opts.sparse && checksum.is_none() {
-            let std_file = file
-                .try_clone()
-                .await
-                .map_err(|e| Error::Config(format!("opening {}: {e}", path.display())))?
-                .into_std()
-                .await;
-            let path = path.to_owned();
-            tokio::task::spawn_blocking(move || sparse_plan(std_file, file_size, &path))
-                .await
-                .map_err(|e| Error::Internal(format!("planning the upload: {e}")))??
-        } else {
-            None
-        };
+            .map_err(|e| Error::Internal(format!("planning the upload: {e}")))??;
         let (body, length, as_qcow2) = match plan {
-            Some((encoder, raw)) => {
+            Some(encoder) => {
                 let length = encoder.stream_len();
                 progress(0, length);
-                (reqwest::Body::wrap_stream(encoded_stream(encoder, raw, progress)), length, true)
+                (reqwest::Body::wrap_stream(encoded_stream(encoder, file, progress)), length, true)
             }
             None => {
                 progress(0, file_size);
-                let file = file.into_std().await;
                 (reqwest::Body::wrap_stream(file_stream(file, file_size, progress)), file_size, false)
             }
         };
@@ -447,19 +429,35 @@ async fn check(response: reqwest::Response) -> Result<String> {
     Err(Error::Status { status: status.as_u16(), message: message.to_owned() })
 }
 
+/// Opens the image to send: the file, its size, and with `sparse` the qcow2 encoder when it
+/// goes as a qcow2 of its data ([`sparse_plan`]).
+fn open_image(
+    path: &Path,
+    sparse: bool,
+) -> Result<(std::fs::File, u64, Option<disk_formats::qcow2::encode::Encoder>)> {
+    let file = std::fs::File::open(path).map_err(|e| file_error("opening", path, e))?;
+    let size = file.metadata().map_err(|e| file_error("reading the size of", path, e))?.len();
+    let plan = if sparse { sparse_plan(&file, size, path)? } else { None };
+    Ok((file, size, plan))
+}
+
+fn file_error(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::Config(format!("{what} {}: {e}", path.display()))
+}
+
 /// The qcow2 encoder for `file` (of `size` bytes) when sending its data only pays: a raw image
 /// (by its first bytes: not a compressed stream, not another format) of whole 512-byte sectors
 /// whose holes (as the file system reports them) make up at least 1/16 of it. `None` otherwise.
 fn sparse_plan(
-    file: std::fs::File,
+    file: &std::fs::File,
     size: u64,
     path: &Path,
-) -> Result<Option<(disk_formats::qcow2::encode::Encoder, std::fs::File)>> {
+) -> Result<Option<disk_formats::qcow2::encode::Encoder>> {
     use std::os::unix::fs::FileExt;
     if size == 0 || !size.is_multiple_of(512) {
         return Ok(None);
     }
-    let io = |what: &str, e: std::io::Error| Error::Config(format!("{what} {}: {e}", path.display()));
+    let io = |what: &str, e: std::io::Error| file_error(what, path, e);
     let mut head = vec![0u8; disk_formats::limits::PROBE_BYTES.min(size as usize)];
     file.read_exact_at(&mut head, 0).map_err(|e| io("reading", e))?;
     if !disk_formats::probe::probe(&head).is_raw() {
@@ -467,7 +465,7 @@ fn sparse_plan(
     }
     let mut extents = Vec::new();
     let (mut at, mut data) = (0u64, 0u64);
-    while let Some((start, len)) = storage::next_data(&file, at).map_err(|e| io("mapping the data of", e))? {
+    while let Some((start, len)) = storage::next_data(file, at).map_err(|e| io("mapping the data of", e))? {
         if extents.len() == MAX_SPARSE_EXTENTS {
             return Ok(None);
         }
@@ -480,7 +478,7 @@ fn sparse_plan(
     }
     let encoder = disk_formats::qcow2::encode::Encoder::new(size, &extents)
         .map_err(|e| Error::Internal(format!("planning the qcow2 stream of {}: {e}", path.display())))?;
-    Ok((encoder.stream_len() < size).then_some((encoder, file)))
+    Ok((encoder.stream_len() < size).then_some(encoder))
 }
 
 /// A request body produced by `produce` on a thread of its own, through a small channel

@@ -31,8 +31,8 @@
 //! body's `Content-Length` announced its size (reads of bytes not yet written wait), after the
 //! last byte otherwise. Into a file volume, the plain data clusters of such a qcow2 whose
 //! tables came first (qemu-img's layout) skip the scratch file and go straight to the volume
-//! (`disk_formats::qcow2::stream`); only the rest is converted from scratch. An archive volume's body is unwrapped and
-//! extracted by `importer::archive` into a staging directory, renamed into place at the end.
+//! (`disk_formats::qcow2::stream`); only the rest is converted from scratch. An archive
+//! volume's body is unwrapped and extracted by `importer::archive` into a staging directory, renamed into place at the end.
 //! A file volume is written under a temporary name and renamed into place only after it was
 //! flushed and every check passed (checksum included).
 //!

@@ -155,23 +155,18 @@ impl Encoder {
         let emit = |out: &mut dyn FnMut(Vec<u8>) -> io::Result<()>, bytes: Vec<u8>| {
             out(bytes).map_err(|e| Error::io("sending the qcow2 stream", e))
         };
-        let metadata = |fill: &dyn Fn(&mut [u8])| {
-            let mut cluster = vec![0u8; CLUSTER as usize];
-            fill(&mut cluster);
-            cluster
-        };
-        emit(out, metadata(&|c| self.header(c)))?;
+        emit(out, self.header())?;
         for k in 0..self.refcount_table_clusters {
-            emit(out, metadata(&|c| self.refcount_table(k, c)))?;
+            emit(out, self.refcount_table(k))?;
         }
         for k in 0..self.refcount_blocks {
-            emit(out, metadata(&|c| self.refcount_block(k, c)))?;
+            emit(out, self.refcount_block(k))?;
         }
         for k in 0..self.l1_clusters {
-            emit(out, metadata(&|c| self.l1_cluster(k, c)))?;
+            emit(out, self.l1_cluster(k))?;
         }
         for table in &self.tables {
-            emit(out, metadata(&|c| l2_table(table, c)))?;
+            emit(out, l2_table(table))?;
             for &(first, count) in &table.runs {
                 let (mut guest, end) = (first * CLUSTER, (first + count) * CLUSTER);
                 while guest < end {
@@ -212,9 +207,9 @@ impl Encoder {
         (1 + self.refcount_table_clusters + self.refcount_blocks) * CLUSTER
     }
 
-    fn header(&self, cluster: &mut [u8]) {
-        cluster.fill(0);
-        let mut h = Vec::with_capacity(HEADER_LENGTH as usize);
+    /// Cluster 0: the header.
+    fn header(&self) -> Vec<u8> {
+        let mut h = Vec::with_capacity(CLUSTER as usize);
         h.extend_from_slice(b"QFI\xfb"); //                                     0: magic
         h.extend_from_slice(&3u32.to_be_bytes()); //                              4: version
         h.extend_from_slice(&0u64.to_be_bytes()); //                              8: backing file offset
@@ -235,13 +230,14 @@ impl Encoder {
         h.extend_from_slice(&HEADER_LENGTH.to_be_bytes()); //                   100: header length
         h.push(0); //                                                           104: compression type zlib
         h.extend_from_slice(&[0; 7]); //                                        105: padding
-        // 112: the end of the header extensions (type 0, length 0) is already zero.
-        cluster[..h.len()].copy_from_slice(&h);
+        // 112: the end of the header extensions (type 0, length 0), and zeros to the end.
+        h.resize(CLUSTER as usize, 0);
+        h
     }
 
     /// Refcount table cluster `k`: the host offsets of the refcount blocks.
-    fn refcount_table(&self, k: u64, cluster: &mut [u8]) {
-        cluster.fill(0);
+    fn refcount_table(&self, k: u64) -> Vec<u8> {
+        let mut cluster = zero_cluster();
         let first_block = (1 + self.refcount_table_clusters) * CLUSTER;
         for (i, entry) in cluster.chunks_exact_mut(8).enumerate() {
             let block = k * (CLUSTER / 8) + i as u64;
@@ -249,33 +245,36 @@ impl Encoder {
                 entry.copy_from_slice(&(first_block + block * CLUSTER).to_be_bytes());
             }
         }
+        cluster
     }
 
     /// Refcount block `k`: 1 for every cluster of the stream it covers.
-    fn refcount_block(&self, k: u64, cluster: &mut [u8]) {
-        cluster.fill(0);
+    fn refcount_block(&self, k: u64) -> Vec<u8> {
+        let mut cluster = zero_cluster();
         for (i, entry) in cluster.chunks_exact_mut(2).enumerate() {
             if k * REFCOUNTS_PER_BLOCK + (i as u64) < self.total_clusters {
                 entry.copy_from_slice(&1u16.to_be_bytes());
             }
         }
+        cluster
     }
 
     /// L1 cluster `k`: the L2 tables' host offsets.
-    fn l1_cluster(&self, k: u64, cluster: &mut [u8]) {
-        cluster.fill(0);
+    fn l1_cluster(&self, k: u64) -> Vec<u8> {
+        let mut cluster = zero_cluster();
         let per_cluster = CLUSTER / 8;
         let range = k * per_cluster..(k + 1) * per_cluster;
         for table in self.tables.iter().filter(|t| range.contains(&t.index)) {
             let at = ((table.index - range.start) * 8) as usize;
             cluster[at..at + 8].copy_from_slice(&(COPIED | table.host).to_be_bytes());
         }
+        cluster
     }
 }
 
 /// The L2 table of `table`: its data clusters follow it in guest order.
-fn l2_table(table: &Table, cluster: &mut [u8]) {
-    cluster.fill(0);
+fn l2_table(table: &Table) -> Vec<u8> {
+    let mut cluster = zero_cluster();
     let mut host = table.host + CLUSTER;
     for &(first, count) in &table.runs {
         for guest_cluster in first..first + count {
@@ -284,6 +283,12 @@ fn l2_table(table: &Table, cluster: &mut [u8]) {
             host += CLUSTER;
         }
     }
+    cluster
+}
+
+/// A cluster of zeros, for a metadata cluster to fill in.
+fn zero_cluster() -> Vec<u8> {
+    vec![0; CLUSTER as usize]
 }
 
 /// The clusters `extents` touch inside `virtual_size`, as sorted, merged runs

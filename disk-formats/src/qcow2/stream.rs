@@ -6,8 +6,8 @@
 //! usually arrived already. The [`Router`] watches the bytes go by: it decodes the header, the
 //! active L1 entries and the L2 tables they name, and sends every run of plain data whose place
 //! is known straight to its guest offset in the target (through the converter's aligned
-//! windows and writer thread: zero blocks stay holes, large runs are written with direct
-//! I/O). Every other byte (metadata, compressed clusters, data that came before its table) is
+//! windows and writer thread: zero blocks stay holes, data is written however the target
+//! writes, directly or through its bounded cache). Every other byte (metadata, compressed clusters, data that came before its table) is
 //! handed back to the caller for the scratch file, at its file offset.
 //!
 //! The router is an optimisation, never a judge: it never refuses anything. Whatever it does
