@@ -166,13 +166,19 @@ fn message(vm: &Value) -> &str {
 /// Waits until the VM's printableStatus is `want`; returns the VM.
 #[track_caller]
 fn wait_status(server: &Serve, name: &str, want: &str) -> Value {
+    wait_vm(server, name, want, |v| printable(v) == want)
+}
+
+/// Waits until the VM satisfies `done` (described by `what`); returns the VM.
+#[track_caller]
+fn wait_vm(server: &Serve, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
         let v = vm_json(server, name);
-        if printable(&v) == want {
+        if done(&v) {
             return v;
         }
-        assert!(start.elapsed() < DEADLINE, "vm {name} not {want}: {v}\n{}", server.log());
+        assert!(start.elapsed() < DEADLINE, "vm {name} not {what}: {v}\n{}", server.log());
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -347,7 +353,10 @@ fn invalid_unready_and_unsupported_vms_say_why() {
     let upload_dv = "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: up\nspec:\n  source:\n    upload: {}\n  storage:\n    resources:\n      requests:\n        storage: 16Mi\n";
     assert_ok(&server.apply(upload_dv, &[]));
     assert_ok(&vm_apply(&server, &vm("waits", "Always", "          dataVolume:\n            name: up", "")));
-    let v = wait_status(&server, "waits", "Provisioning");
+    // The DataVolume passes UploadScheduled on its way to UploadReady; the VM follows each phase.
+    let v = wait_vm(&server, "waits", "Provisioning on an UploadReady volume", |v| {
+        printable(v) == "Provisioning" && message(v).contains("UploadReady")
+    });
     assert!(message(&v).contains("volume root: DataVolume default/up is UploadReady"), "{v}");
     assert_eq!(v["status"]["conditions"][0]["reason"], "DataVolumeNotReady", "{v}");
     // containerDisk volumes are refused with what to do instead.
