@@ -32,7 +32,8 @@
 //! last byte otherwise. Into a file volume, the plain data clusters of such a qcow2 whose
 //! tables came first (qemu-img's layout) skip the scratch file and go straight to the volume
 //! (`disk_formats::qcow2::stream`); only the rest is converted from scratch. An archive
-//! volume's body is unwrapped and extracted by `importer::archive` into a staging directory, renamed into place at the end.
+//! volume's body is unwrapped and extracted by `importer::archive` into a staging directory,
+//! renamed into place at the end.
 //! A file volume is written under a temporary name and renamed into place only after it was
 //! flushed and every check passed (checksum included).
 //!

@@ -146,8 +146,8 @@ impl Encoder {
 
     /// Writes the stream to `out` in order, reading the data clusters from `raw` (the raw
     /// disk, at least `virtual_size` bytes or reading as zeros past its end). Every chunk is a
-    /// buffer of its own, up to [`READ_BYTES`] long, so that a consumer can keep it (send it on)
-    /// without copying.
+    /// buffer of its own, up to `READ_BYTES` (256 KiB) long, so that a consumer can keep it
+    /// (send it on) without copying.
     ///
     /// # Errors
     /// Reading `raw`, or `out`'s errors, as I/O errors.

@@ -7,8 +7,9 @@
 //! active L1 entries and the L2 tables they name, and sends every run of plain data whose place
 //! is known straight to its guest offset in the target (through the converter's aligned
 //! windows and writer thread: zero blocks stay holes, data is written however the target
-//! writes, directly or through its bounded cache). Every other byte (metadata, compressed clusters, data that came before its table) is
-//! handed back to the caller for the scratch file, at its file offset.
+//! writes, directly or through its bounded cache). Every other byte (metadata, compressed
+//! clusters, data that came before its table) is handed back to the caller for the scratch
+//! file, at its file offset.
 //!
 //! The router is an optimisation, never a judge: it never refuses anything. Whatever it does
 //! not understand (internal snapshots, a backing file, an entry it cannot decode, two tables
@@ -33,7 +34,7 @@
 //!   conversion leaves routed ranges alone, and a block device would need them zeroed.
 //! - [`Residual::map`] waits (through the caller's `arrived`) until the data it maps has
 //!   passed the router, so that the record of routed runs is final for it.
-//! - Past [`MAX_PENDING_RUNS`] data runs waiting for their bytes, further runs are not
+//! - Past `MAX_PENDING_RUNS` (65 536) data runs waiting for their bytes, further runs are not
 //!   remembered (they go to the scratch file), and a host cluster claimed twice is then no
 //!   longer seen as such: if the later claim is routed, the image is refused as corrupt where
 //!   the engine alone would read the cluster twice. Only a hostile layout gets there; nothing
